@@ -1,0 +1,59 @@
+// Paged KV cache: fixed-size blocks handed out from a free list. A sequence owns a
+// block table (its blocks in order); token j of the sequence lives in block
+// table[j / block_size] at offset j % block_size.
+#ifndef SLUICE_ENGINE_CACHE_KV_CACHE_H_
+#define SLUICE_ENGINE_CACHE_KV_CACHE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/tensor.h"
+
+namespace sluice::engine {
+
+class KvBlockAllocator {
+ public:
+  explicit KvBlockAllocator(int32_t num_blocks);
+  int32_t num_blocks() const { return num_blocks_; }
+  int32_t num_free() const { return static_cast<int32_t>(free_.size()); }
+  // Appends `count` blocks to `table`; false (and no change) when too few are free.
+  bool Allocate(int32_t count, std::vector<int32_t>* table);
+  // Returns every block of `table` to the free list and clears it.
+  void Free(std::vector<int32_t>* table);
+
+ private:
+  int32_t num_blocks_;
+  std::vector<int32_t> free_;
+  std::vector<bool> in_use_;  // catches double frees, which would share blocks by accident
+};
+
+struct KvCacheShape {
+  int32_t num_layers = 0;  // attention layers only
+  int32_t num_blocks = 0;
+  int32_t block_size = 16;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  // Bytes one block takes across all layers (K and V).
+  size_t BytesPerBlock() const;
+};
+
+class PagedKvCache {
+ public:
+  static absl::StatusOr<PagedKvCache> Create(const KvCacheShape& shape, kernels::Device device);
+  const KvCacheShape& shape() const { return shape_; }
+  kernels::Tensor& key(int layer) { return keys_[layer]; }
+  kernels::Tensor& value(int layer) { return values_[layer]; }
+  int32_t BlocksFor(int64_t tokens) const {
+    return static_cast<int32_t>((tokens + shape_.block_size - 1) / shape_.block_size);
+  }
+
+ private:
+  KvCacheShape shape_;
+  std::vector<kernels::Tensor> keys_;
+  std::vector<kernels::Tensor> values_;
+};
+
+}  // namespace sluice::engine
+
+#endif  // SLUICE_ENGINE_CACHE_KV_CACHE_H_

@@ -1,0 +1,151 @@
+#include "engine/engine.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/sampling/sampler.h"
+#include "kernels/ops.h"
+#include "kernels/status_macros.h"
+
+namespace sluice::engine {
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
+  auto engine = std::unique_ptr<Engine>(new Engine());
+  engine->options_ = options;
+  if (options.threads > 0) kernels::SetNumThreads(options.threads);
+  SLUICE_ASSIGN_OR_RETURN(engine->model_, CausalLm::Load(options.model_dir, options.device));
+  const int64_t model_max = engine->model_->max_context();
+  int64_t max_len = options.max_model_len > 0 ? options.max_model_len : model_max;
+  if (max_len > model_max) {
+    return absl::InvalidArgumentError(absl::StrCat("max_model_len ", max_len,
+                                                   " exceeds the model's context of ", model_max));
+  }
+  engine->max_model_len_ = max_len;
+  if (options.block_size <= 0 || options.max_num_seqs <= 0 || options.max_num_batched_tokens <= 0 ||
+      options.max_queue < 0) {
+    return absl::InvalidArgumentError("block_size, max_num_seqs and max_num_batched_tokens must be > 0");
+  }
+
+  KvCacheShape shape = engine->model_->KvShape(options.block_size);
+  const size_t per_block = shape.BytesPerBlock();
+  shape.num_blocks = static_cast<int32_t>(std::min<int64_t>(options.kv_cache_memory / per_block, 1 << 30));
+  const int64_t blocks_for_one = (max_len + options.block_size - 1) / options.block_size;
+  if (shape.num_blocks < blocks_for_one) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "kv_cache_memory of ", options.kv_cache_memory, " bytes holds ", shape.num_blocks,
+        " blocks of ", per_block, " bytes, but one sequence of max_model_len ", max_len, " needs ",
+        blocks_for_one, " blocks (", blocks_for_one * per_block,
+        " bytes); raise --kv_cache_memory or lower --max_model_len"));
+  }
+  SLUICE_ASSIGN_OR_RETURN(PagedKvCache cache, PagedKvCache::Create(shape, options.device));
+
+  SchedulerOptions so;
+  so.max_num_seqs = options.max_num_seqs;
+  so.max_num_batched_tokens = options.max_num_batched_tokens;
+  so.max_queue = options.max_queue;
+  so.max_model_len = max_len;
+  so.block_size = options.block_size;
+  engine->scheduler_ = std::make_unique<Scheduler>(so, engine->model_.get(), std::move(cache));
+  engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
+  return engine;
+}
+
+Engine::~Engine() { Shutdown(); }
+
+absl::Status Engine::Submit(GenerationRequest request, std::shared_ptr<RequestChannel> channel) {
+  const ModelConfig& c = model_->config();
+  if (request.prompt.empty()) return absl::InvalidArgumentError("input: the prompt is empty");
+  for (int32_t id : request.prompt) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("input.tokens: token id ", id,
+                                                     " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
+  if (prompt_len >= max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat("input: the prompt has ", prompt_len,
+                                                   " tokens but the model's context is ",
+                                                   max_model_len_, " tokens"));
+  }
+  const auto& stopping = request.stopping;
+  if (stopping.max_tokens < 0 || stopping.min_tokens < 0) {
+    return absl::InvalidArgumentError("stopping: max_tokens and min_tokens must be >= 0");
+  }
+  if (prompt_len + stopping.max_tokens > max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stopping.max_tokens: prompt (", prompt_len, " tokens) + max_tokens (", stopping.max_tokens,
+        ") exceeds the model's context of ", max_model_len_, " tokens"));
+  }
+  if (stopping.max_tokens > 0 && stopping.min_tokens > stopping.max_tokens) {
+    return absl::InvalidArgumentError("stopping.min_tokens must not exceed max_tokens");
+  }
+  for (int32_t id : stopping.stop_token_ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop_token_ids: ", id,
+                                                     " is outside the vocabulary"));
+    }
+  }
+  SLUICE_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling));
+  if (request.logprobs_top_n > 20) {
+    return absl::InvalidArgumentError("logprobs.top_n must be at most 20");
+  }
+  if (!request.budget.empty()) {
+    const auto& b = request.budget;
+    const char* field = b.skip_ratio != 0.f                ? "budget.skip_ratio"
+                        : b.experts_per_token != 0         ? "budget.experts_per_token"
+                        : b.attention_gate_floor != 0.f    ? "budget.attention_gate_floor"
+                                                           : "budget.skip_layers";
+    return absl::UnimplementedError(absl::StrCat(
+        field, " is not implemented yet: this build runs every request dense"));
+  }
+  if (absl::Now() >= request.deadline) {
+    return absl::DeadlineExceededError("deadline passed before the request was queued");
+  }
+  SLUICE_RETURN_IF_ERROR(scheduler_->Enqueue(std::move(request), std::move(channel)));
+  cv_.notify_one();
+  return absl::OkStatus();
+}
+
+void Engine::StartDrain() { scheduler_->StartDrain(); }
+
+bool Engine::WaitIdle(absl::Duration timeout) {
+  const absl::Time end = absl::Now() + timeout;
+  while (scheduler_->HasWork()) {
+    if (absl::Now() >= end) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
+void Engine::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (scheduler_) scheduler_->AbortAll(absl::UnavailableError("engine shut down"));
+}
+
+void Engine::Loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // Wake on new work or shutdown; the timeout bounds how late a queued request's
+      // deadline or cancel is noticed if a notify is ever missed.
+      cv_.wait_for(lock, std::chrono::milliseconds(50),
+                   [&] { return stop_ || scheduler_->HasWork(); });
+      if (stop_) return;
+    }
+    while (scheduler_->HasWork()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stop_) return;
+      }
+      scheduler_->Step();
+    }
+  }
+}
+
+}  // namespace sluice::engine

@@ -1,0 +1,80 @@
+// The engine as a library: load a model, then submit requests from any thread and read
+// their results from per-request channels. One engine thread owns the model and runs
+// the scheduler's steps. server/ is one user of this; tests and benchmarks are others.
+#ifndef SLUICE_ENGINE_ENGINE_H_
+#define SLUICE_ENGINE_ENGINE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "engine/model/causal_lm.h"
+#include "engine/request.h"
+#include "engine/scheduler/scheduler.h"
+#include "kernels/tensor.h"
+
+namespace sluice::engine {
+
+struct EngineOptions {
+  std::string model_dir;
+  kernels::Device device = kernels::Device::kCpu;
+  int32_t threads = 0;  // 0: OpenMP's default
+  int32_t max_num_seqs = 64;
+  int32_t max_num_batched_tokens = 2048;
+  int32_t max_queue = 1024;
+  int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
+  int64_t kv_cache_memory = 512ll << 20;
+  int32_t block_size = 16;
+};
+
+struct ModelSummary {
+  const ModelConfig* config;
+  int64_t max_model_len;
+  uint64_t total_parameters;
+  uint64_t active_parameters;
+};
+
+class Engine {
+ public:
+  // Loads the model, sizes the KV cache and starts the engine thread.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  ~Engine();
+
+  // Validates and queues a request. On error nothing was queued. On success every
+  // request gets exactly one final event on its channel.
+  absl::Status Submit(GenerationRequest request, std::shared_ptr<RequestChannel> channel);
+
+  // Stop taking new requests; running and queued ones finish.
+  void StartDrain();
+  // Waits until nothing is queued or running, or the timeout passes. True when idle.
+  bool WaitIdle(absl::Duration timeout);
+  // Stops the engine thread; any request still pending ends with UNAVAILABLE.
+  void Shutdown();
+
+  const CausalLm& model() const { return *model_; }
+  int64_t max_model_len() const { return max_model_len_; }
+  SchedulerStats Stats() const { return scheduler_->Stats(); }
+
+ private:
+  Engine() = default;
+  void Loop();
+
+  EngineOptions options_;
+  std::unique_ptr<CausalLm> model_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int64_t max_model_len_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace sluice::engine
+
+#endif  // SLUICE_ENGINE_ENGINE_H_

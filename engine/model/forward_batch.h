@@ -1,0 +1,28 @@
+// One engine step's ragged batch: the new tokens of every scheduled sequence packed
+// back to back, with no padding, plus where their K/V go and which rows need logits.
+#ifndef SLUICE_ENGINE_MODEL_FORWARD_BATCH_H_
+#define SLUICE_ENGINE_MODEL_FORWARD_BATCH_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace sluice::engine {
+
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;     // [T]
+  std::vector<int32_t> positions;     // [T], position of each token in its sequence
+  std::vector<int32_t> slot_mapping;  // [T], KV slot = block * block_size + offset
+  // Per sequence: its rows in the batch, its context length after this step, and its
+  // block table (which must outlive the forward call).
+  std::vector<kernels::AttentionSequence> sequences;
+  // Rows whose logits the caller wants, in output order.
+  std::vector<int32_t> logit_rows;
+
+  int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
+};
+
+}  // namespace sluice::engine
+
+#endif  // SLUICE_ENGINE_MODEL_FORWARD_BATCH_H_

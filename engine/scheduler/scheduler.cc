@@ -1,0 +1,334 @@
+#include "engine/scheduler/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace sluice::engine {
+
+Scheduler::Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache)
+    : options_(options),
+      model_(model),
+      kv_cache_(std::move(kv_cache)),
+      allocator_(kv_cache_.shape().num_blocks),
+      eos_ids_(model->config().eos_token_ids) {
+  free_blocks_ = allocator_.num_free();
+}
+
+Scheduler::~Scheduler() { AbortAll(absl::UnavailableError("engine shut down")); }
+
+absl::Status Scheduler::Enqueue(GenerationRequest request, std::shared_ptr<RequestChannel> channel) {
+  auto seq = std::make_unique<Sequence>();
+  seq->prompt_len = static_cast<int32_t>(request.prompt.size());
+  seq->tokens = request.prompt;
+  seq->max_tokens = request.stopping.max_tokens > 0
+                        ? request.stopping.max_tokens
+                        : static_cast<int32_t>(options_.max_model_len - seq->prompt_len);
+  seq->sampler = std::make_unique<Sampler>(request.sampling, request.logprobs_top_n);
+  seq->usage.prompt_tokens = seq->prompt_len;
+  seq->request = std::move(request);
+  seq->channel = std::move(channel);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) return absl::UnavailableError("server is draining; not accepting new requests");
+  if (queued_count_ >= options_.max_queue) {
+    return absl::ResourceExhaustedError(absl::StrCat("request queue is full (max_queue=",
+                                                     options_.max_queue, ")"));
+  }
+  seq->arrival = next_arrival_++;
+  ++queued_count_;
+  inbox_.push_back(std::move(seq));
+  return absl::OkStatus();
+}
+
+void Scheduler::StartDrain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
+bool Scheduler::draining() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return draining_;
+}
+
+bool Scheduler::HasWork() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queued_count_ + running_count_ > 0;
+}
+
+SchedulerStats Scheduler::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SchedulerStats s;
+  s.total_blocks = allocator_.num_blocks();
+  s.free_blocks = free_blocks_;
+  s.running = running_count_;
+  s.waiting = queued_count_;
+  s.steps = steps_;
+  s.preemptions = preemptions_;
+  s.finished = finished_;
+  return s;
+}
+
+bool Scheduler::QueueOrder(const Sequence& a, const Sequence& b) const {
+  if (a.request.priority != b.request.priority) return a.request.priority > b.request.priority;
+  return a.arrival < b.arrival;
+}
+
+void Scheduler::DrainInbox() {
+  std::deque<SeqPtr> incoming;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    incoming.swap(inbox_);
+  }
+  for (SeqPtr& seq : incoming) {
+    auto pos = std::find_if(waiting_.begin(), waiting_.end(),
+                            [&](const SeqPtr& w) { return QueueOrder(*seq, *w); });
+    waiting_.insert(pos, std::move(seq));
+  }
+}
+
+void Scheduler::Finish(SeqPtr seq, absl::Status status, FinishReason reason) {
+  allocator_.Free(&seq->block_table);
+  RequestEvent event;
+  event.final = true;
+  event.status = std::move(status);
+  event.finish_reason = reason;
+  event.usage = seq->usage;
+  seq->channel->Push(std::move(event));
+  std::lock_guard<std::mutex> lock(mu_);
+  ++finished_;
+}
+
+void Scheduler::DropCancelledAndExpired() {
+  const absl::Time now = absl::Now();
+  auto verdict = [&](const Sequence& s) -> absl::Status {
+    if (s.channel->cancelled()) return absl::CancelledError("request cancelled by the client");
+    if (now >= s.request.deadline) {
+      return absl::DeadlineExceededError(s.num_generated == 0 && s.num_computed == 0
+                                             ? "deadline passed while queued"
+                                             : "deadline passed while running");
+    }
+    return absl::OkStatus();
+  };
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (absl::Status v = verdict(**it); !v.ok()) {
+      SeqPtr seq = std::move(*it);
+      it = waiting_.erase(it);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --queued_count_;
+      }
+      Finish(std::move(seq), v, FinishReason::kNone);
+    } else {
+      ++it;
+    }
+  }
+  for (size_t i = 0; i < running_.size();) {
+    if (absl::Status v = verdict(*running_[i]); !v.ok()) {
+      SeqPtr seq = std::move(running_[i]);
+      running_.erase(running_.begin() + i);
+      Finish(std::move(seq), v, FinishReason::kNone);
+      PublishCounters();
+    } else {
+      ++i;
+    }
+  }
+}
+
+void Scheduler::Admit() {
+  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
+    Sequence& next = *waiting_.front();
+    // Admit only when the whole current context fits, so an admitted prompt is not
+    // preempted by its own growth on the next step.
+    const int32_t need = kv_cache_.BlocksFor(static_cast<int64_t>(next.tokens.size()) + 1);
+    if (need > allocator_.num_free()) break;
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+    std::lock_guard<std::mutex> lock(mu_);
+    --queued_count_;
+    ++running_count_;
+  }
+}
+
+void Scheduler::PublishCounters() {
+  std::lock_guard<std::mutex> lock(mu_);
+  running_count_ = static_cast<int32_t>(running_.size());
+  free_blocks_ = allocator_.num_free();
+}
+
+bool Scheduler::EnsureBlocks(Sequence* seq, int32_t total_tokens,
+                             const absl::flat_hash_set<const Sequence*>& pinned) {
+  const int32_t need = kv_cache_.BlocksFor(total_tokens) - static_cast<int32_t>(seq->block_table.size());
+  if (need <= 0) return true;
+  while (need > allocator_.num_free()) {
+    if (!PreemptOne(seq, pinned)) return false;
+  }
+  return allocator_.Allocate(need, &seq->block_table);
+}
+
+bool Scheduler::PreemptOne(const Sequence* keep,
+                           const absl::flat_hash_set<const Sequence*>& pinned) {
+  // Victim: lowest priority, then newest arrival; never one already in this step's batch.
+  int victim = -1;
+  for (int i = 0; i < static_cast<int>(running_.size()); ++i) {
+    const Sequence& s = *running_[i];
+    if (&s == keep || s.block_table.empty() || pinned.contains(&s)) continue;
+    if (victim < 0 || !QueueOrder(s, *running_[victim])) victim = i;
+  }
+  if (victim < 0) return false;
+  SeqPtr seq = std::move(running_[victim]);
+  running_.erase(running_.begin() + victim);
+  allocator_.Free(&seq->block_table);
+  seq->num_computed = 0;
+  ++seq->usage.preemptions;
+  auto pos = std::find_if(waiting_.begin(), waiting_.end(),
+                          [&](const SeqPtr& w) { return QueueOrder(*seq, *w); });
+  waiting_.insert(pos, std::move(seq));
+  std::lock_guard<std::mutex> lock(mu_);
+  ++queued_count_;
+  --running_count_;
+  ++preemptions_;
+  return true;
+}
+
+void Scheduler::Step() {
+  DrainInbox();
+  DropCancelledAndExpired();
+  Admit();
+
+  // Decode-first ordering: sequences with exactly one token to compute come first.
+  std::stable_sort(running_.begin(), running_.end(), [](const SeqPtr& a, const SeqPtr& b) {
+    const bool da = a->tokens.size() - a->num_computed == 1;
+    const bool db = b->tokens.size() - b->num_computed == 1;
+    return da && !db;
+  });
+
+  ForwardBatch batch;
+  struct Scheduled {
+    Sequence* seq;
+    int32_t count;
+    bool wants_logits;
+  };
+  std::vector<Scheduled> scheduled;
+  absl::flat_hash_set<const Sequence*> pinned;
+  int32_t budget = options_.max_num_batched_tokens;
+  const int32_t block_size = kv_cache_.shape().block_size;
+  std::vector<Sequence*> order;
+  for (const SeqPtr& p : running_) order.push_back(p.get());
+  for (Sequence* seq : order) {
+    if (budget <= 0) break;
+    // A sequence preempted earlier in this loop is back in the queue: skip it.
+    if (std::none_of(running_.begin(), running_.end(),
+                     [&](const SeqPtr& p) { return p.get() == seq; })) {
+      continue;
+    }
+    const int32_t remaining = static_cast<int32_t>(seq->tokens.size()) - seq->num_computed;
+    const int32_t count = std::min(remaining, budget);
+    if (count <= 0) continue;
+    if (!EnsureBlocks(seq, seq->num_computed + count, pinned)) continue;
+    pinned.insert(seq);
+    budget -= count;
+    const int32_t start = batch.num_tokens();
+    for (int32_t j = 0; j < count; ++j) {
+      const int32_t pos = seq->num_computed + j;
+      batch.token_ids.push_back(seq->tokens[pos]);
+      batch.positions.push_back(pos);
+      batch.slot_mapping.push_back(seq->block_table[pos / block_size] * block_size + pos % block_size);
+    }
+    kernels::AttentionSequence meta;
+    meta.query_start = start;
+    meta.query_len = count;
+    meta.context_len = seq->num_computed + count;
+    meta.block_table = seq->block_table.data();
+    batch.sequences.push_back(meta);
+    const bool wants_logits = seq->num_computed + count == static_cast<int32_t>(seq->tokens.size());
+    if (wants_logits) batch.logit_rows.push_back(start + count - 1);
+    scheduled.push_back({seq, count, wants_logits});
+  }
+  if (scheduled.empty()) {
+    PublishCounters();
+    return;
+  }
+
+  absl::Status status = model_->Forward(batch, &kv_cache_, &logits_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++steps_;
+  }
+  const int64_t vocab = model_->config().vocab_size;
+  int32_t logit_index = 0;
+  std::vector<std::pair<Sequence*, std::pair<absl::Status, FinishReason>>> endings;
+  for (const Scheduled& s : scheduled) {
+    Sequence* seq = s.seq;
+    if (!status.ok()) {
+      endings.push_back({seq, {absl::InternalError(absl::StrCat("model forward failed: ", status.message())),
+                               FinishReason::kNone}});
+      continue;
+    }
+    const int32_t past = seq->num_computed;
+    seq->num_computed += s.count;
+    const double flops = model_->DenseFlops(past, s.count);
+    seq->usage.dense_flops += flops;
+    seq->usage.executed_flops += flops;
+    if (!s.wants_logits) continue;
+    absl::Span<float> row(logits_.data() + logit_index * vocab, vocab);
+    ++logit_index;
+    std::vector<int32_t> banned;
+    if (seq->num_generated < seq->request.stopping.min_tokens) {
+      if (!seq->request.stopping.ignore_eos) banned = eos_ids_;
+      banned.insert(banned.end(), seq->request.stopping.stop_token_ids.begin(),
+                    seq->request.stopping.stop_token_ids.end());
+    }
+    RequestEvent event;
+    TokenLogprob lp;
+    const int32_t token = seq->sampler->Sample(row, seq->tokens, seq->num_generated, banned,
+                                               static_cast<uint64_t>(seq->num_generated), &lp);
+    seq->tokens.push_back(token);
+    ++seq->num_generated;
+    seq->usage.completion_tokens = seq->num_generated;
+    event.tokens.push_back(token);
+    if (seq->request.logprobs_top_n >= 0) event.logprobs.push_back(std::move(lp));
+    seq->channel->Push(std::move(event));
+
+    const auto& stop_ids = seq->request.stopping.stop_token_ids;
+    const bool is_eos = !seq->request.stopping.ignore_eos &&
+                        std::find(eos_ids_.begin(), eos_ids_.end(), token) != eos_ids_.end();
+    const bool is_stop = std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
+    if (is_eos || is_stop) {
+      endings.push_back({seq, {absl::OkStatus(), FinishReason::kStopToken}});
+    } else if (seq->num_generated >= seq->max_tokens ||
+               static_cast<int64_t>(seq->tokens.size()) >= options_.max_model_len) {
+      endings.push_back({seq, {absl::OkStatus(), FinishReason::kLength}});
+    }
+  }
+  for (auto& [seq, ending] : endings) {
+    auto it = std::find_if(running_.begin(), running_.end(),
+                           [&](const SeqPtr& p) { return p.get() == seq; });
+    if (it == running_.end()) continue;
+    SeqPtr owned = std::move(*it);
+    running_.erase(it);
+    Finish(std::move(owned), ending.first, ending.second);
+  }
+  PublishCounters();
+}
+
+void Scheduler::AbortAll(const absl::Status& status) {
+  DrainInbox();
+  while (!waiting_.empty()) {
+    SeqPtr seq = std::move(waiting_.front());
+    waiting_.pop_front();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --queued_count_;
+    }
+    Finish(std::move(seq), status, FinishReason::kNone);
+  }
+  while (!running_.empty()) {
+    SeqPtr seq = std::move(running_.back());
+    running_.pop_back();
+    Finish(std::move(seq), status, FinishReason::kNone);
+  }
+  PublishCounters();
+}
+
+}  // namespace sluice::engine

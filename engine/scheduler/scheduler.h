@@ -1,0 +1,122 @@
+// Iteration-level continuous batching. One engine thread calls Step(); each step
+// takes every running sequence one chunk further (a decode token, or a chunk of its
+// prompt) in a single ragged batch, so the weights are read once for all of them.
+//
+// Policy, per step:
+//  1. Drop cancelled and expired sequences (queued ones are never started).
+//  2. Admit queued requests, highest priority first, then oldest, while the running
+//     set is below max_num_seqs and KV blocks for their prompt are free.
+//  3. Decode-first: every running decode gets its token before any prompt chunk, then
+//     prompts fill the rest of max_num_batched_tokens in admission order. A prompt that
+//     does not fit is chunked, so long prompts never stall decodes (fairness rule: the
+//     oldest admitted prompt always gets at least one chunk per step).
+//  4. When a sequence needs a KV block and none is free, the lowest-priority, newest
+//     running sequence is preempted by recompute: its blocks are freed and it goes back
+//     to the queue with its generated tokens, to be prefilled again later.
+#ifndef SLUICE_ENGINE_SCHEDULER_SCHEDULER_H_
+#define SLUICE_ENGINE_SCHEDULER_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "engine/cache/kv_cache.h"
+#include "engine/model/causal_lm.h"
+#include "engine/request.h"
+#include "engine/sampling/sampler.h"
+
+namespace sluice::engine {
+
+struct SchedulerOptions {
+  int32_t max_num_seqs = 64;
+  int32_t max_num_batched_tokens = 2048;
+  int32_t max_queue = 1024;
+  int64_t max_model_len = 0;
+  int32_t block_size = 16;
+};
+
+struct SchedulerStats {
+  int32_t total_blocks = 0;
+  int32_t free_blocks = 0;
+  int32_t running = 0;
+  int32_t waiting = 0;
+  uint64_t steps = 0;
+  uint64_t preemptions = 0;
+  uint64_t finished = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache);
+  ~Scheduler();
+
+  // Thread-safe. Takes a validated request; RESOURCE_EXHAUSTED when the queue is full,
+  // UNAVAILABLE while draining. On error nothing is queued and the channel is untouched.
+  absl::Status Enqueue(GenerationRequest request, std::shared_ptr<RequestChannel> channel);
+  // Thread-safe. New requests are refused; queued and running ones still finish.
+  void StartDrain();
+  bool draining() const;
+  // Thread-safe: true when some sequence is queued or running.
+  bool HasWork() const;
+  SchedulerStats Stats() const;
+
+  // Engine thread only.
+  void Step();
+  // Ends every queued and running request with `status` (shutdown).
+  void AbortAll(const absl::Status& status);
+
+ private:
+  struct Sequence {
+    GenerationRequest request;
+    std::shared_ptr<RequestChannel> channel;
+    std::vector<int32_t> tokens;  // prompt, then generated tokens
+    int32_t prompt_len = 0;
+    int32_t num_generated = 0;
+    int32_t num_computed = 0;     // tokens whose K/V are in the cache
+    std::vector<int32_t> block_table;
+    uint64_t arrival = 0;
+    std::unique_ptr<Sampler> sampler;
+    UsageStats usage;
+    int32_t max_tokens = 0;
+  };
+  using SeqPtr = std::unique_ptr<Sequence>;
+
+  void DrainInbox();
+  void DropCancelledAndExpired();
+  void Admit();
+  bool EnsureBlocks(Sequence* seq, int32_t total_tokens,
+                    const absl::flat_hash_set<const Sequence*>& pinned);
+  bool PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned);
+  void PublishCounters();
+  void Finish(SeqPtr seq, absl::Status status, FinishReason reason);
+  bool QueueOrder(const Sequence& a, const Sequence& b) const;
+
+  SchedulerOptions options_;
+  CausalLm* model_;
+  PagedKvCache kv_cache_;
+  KvBlockAllocator allocator_;
+  std::vector<int32_t> eos_ids_;
+
+  mutable std::mutex mu_;  // guards inbox_, draining_, counters read by Stats()
+  std::deque<SeqPtr> inbox_;
+  bool draining_ = false;
+  uint64_t next_arrival_ = 0;
+  int32_t queued_count_ = 0;  // inbox + waiting, for the queue limit
+  int32_t running_count_ = 0;
+  int32_t free_blocks_ = 0;
+  uint64_t steps_ = 0, preemptions_ = 0, finished_ = 0;
+
+  // Engine thread only.
+  std::list<SeqPtr> waiting_;
+  std::vector<SeqPtr> running_;
+  std::vector<float> logits_;
+};
+
+}  // namespace sluice::engine
+
+#endif  // SLUICE_ENGINE_SCHEDULER_SCHEDULER_H_

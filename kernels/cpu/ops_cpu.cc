@@ -1,0 +1,186 @@
+// Reference CPU bodies. Plain loops the compiler vectorises, parallelised with OpenMP
+// (the same runtime oneDNN uses here, so the two never oversubscribe the cores).
+#include "kernels/cpu/ops_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace sluice::kernels::cpu {
+
+void EmbeddingLookup(const Tensor& table, const Tensor& ids, Tensor* out) {
+  const int64_t n = ids.numel();
+  const int64_t h = table.dim(1);
+  const int32_t* id = ids.data<int32_t>();
+  float* dst = out->data<float>();
+  if (table.dtype() == DType::kF32) {
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(dst + i * h, table.data<float>() + static_cast<int64_t>(id[i]) * h, h * 4);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t* row = table.data<uint16_t>() + static_cast<int64_t>(id[i]) * h;
+      for (int64_t j = 0; j < h; ++j) dst[i * h + j] = Bf16ToF32(row[j]);
+    }
+  }
+}
+
+void RmsNorm(const Tensor& x, const Tensor& weight, float eps, float weight_offset, Tensor* out) {
+  const int64_t d = x.dim(-1);
+  const int64_t rows = x.numel() / d;
+  const float* src = x.data<float>();
+  const float* w = weight.data<float>();
+  float* dst = out->data<float>();
+#pragma omp parallel for if (rows > 16)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = src + r * d;
+    float* yr = dst + r * d;
+    float sum = 0.f;
+    for (int64_t j = 0; j < d; ++j) sum += xr[j] * xr[j];
+    const float inv = 1.0f / std::sqrt(sum / static_cast<float>(d) + eps);
+    for (int64_t j = 0; j < d; ++j) yr[j] = xr[j] * inv * (weight_offset + w[j]);
+  }
+}
+
+void ApplyRotaryEmbedding(const Tensor& positions, const Tensor& cos_sin, int64_t rotary_dim,
+                          Tensor* x) {
+  const int64_t tokens = x->dim(0);
+  const int64_t heads = x->dim(1);
+  const int64_t d = x->dim(2);
+  const int64_t half = rotary_dim / 2;
+  const int32_t* pos = positions.data<int32_t>();
+  float* data = x->data<float>();
+#pragma omp parallel for if (tokens > 16)
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* cs = cos_sin.data<float>() + static_cast<int64_t>(pos[t]) * rotary_dim;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = data + (t * heads + h) * d;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i];
+        const float b = v[i + half];
+        v[i] = a * cs[i] - b * cs[half + i];
+        v[i + half] = b * cs[i] + a * cs[half + i];
+      }
+    }
+  }
+}
+
+void SiluMul(const Tensor& gate_up, Tensor* out) {
+  const int64_t rows = gate_up.dim(0);
+  const int64_t inter = out->dim(1);
+  const float* src = gate_up.data<float>();
+  float* dst = out->data<float>();
+#pragma omp parallel for if (rows > 4)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = src + r * 2 * inter;
+    const float* u = g + inter;
+    float* y = dst + r * inter;
+    for (int64_t j = 0; j < inter; ++j) y[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+  }
+}
+
+void CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst) {
+  const int64_t rows = src.dim(0);
+  const int64_t src_width = src.dim(1);
+  const int64_t width = dst->dim(1);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(dst->data<float>() + r * width, src.data<float>() + r * src_width + col_start,
+                width * sizeof(float));
+  }
+}
+
+void AddInPlace(const Tensor& y, Tensor* x) {
+  const int64_t n = x->numel();
+  const float* src = y.data<float>();
+  float* dst = x->data<float>();
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+void GatherRows(const Tensor& x, const Tensor& rows, Tensor* out) {
+  const int64_t width = x.dim(1);
+  const size_t row_bytes = width * DTypeSize(x.dtype());
+  const int32_t* r = rows.data<int32_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    std::memcpy(static_cast<char*>(out->raw()) + i * row_bytes,
+                static_cast<const char*>(x.raw()) + r[i] * row_bytes, row_bytes);
+  }
+}
+
+void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor* k_cache,
+                  Tensor* v_cache) {
+  const int64_t row = k.dim(1) * k.dim(2);
+  const int32_t* slot = slot_mapping.data<int32_t>();
+  for (int64_t t = 0; t < k.dim(0); ++t) {
+    std::memcpy(k_cache->data<float>() + static_cast<int64_t>(slot[t]) * row,
+                k.data<float>() + t * row, row * 4);
+    std::memcpy(v_cache->data<float>() + static_cast<int64_t>(slot[t]) * row,
+                v.data<float>() + t * row, row * 4);
+  }
+}
+
+void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out) {
+  const int64_t q_heads = q.dim(1);
+  const int64_t d = q.dim(2);
+  const int64_t block_size = k_cache.dim(1);
+  const int64_t kv_heads = k_cache.dim(2);
+  const int64_t group = q_heads / kv_heads;
+  const int64_t kv_row = kv_heads * d;
+
+  // One work item per (query token, query head) of the whole ragged batch.
+  std::vector<std::pair<int32_t, int32_t>> items;  // (sequence index, query row)
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    for (int32_t i = 0; i < sequences[s].query_len; ++i) {
+      items.emplace_back(static_cast<int32_t>(s), sequences[s].query_start + i);
+    }
+  }
+  const int64_t work = static_cast<int64_t>(items.size()) * q_heads;
+
+#pragma omp parallel
+  {
+    std::vector<float> scores;
+    std::vector<float> acc(d);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t w = 0; w < work; ++w) {
+      const auto [s, row] = items[w / q_heads];
+      const int64_t h = w % q_heads;
+      const int64_t g = h / group;
+      const AttentionSequence& seq = sequences[s];
+      // This query is token (context_len - query_len + i) of its sequence and sees every
+      // token up to and including itself.
+      const int64_t i = row - seq.query_start;
+      const int64_t visible = seq.context_len - seq.query_len + i + 1;
+      const float* qv = q.data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
+      scores.resize(visible);
+      float max_score = -INFINITY;
+      for (int64_t j = 0; j < visible; ++j) {
+        const int64_t slot = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size +
+                             j % block_size;
+        const float* kv = k_cache.data<float>() + slot * kv_row + g * d;
+        float dot = 0.f;
+        for (int64_t c = 0; c < d; ++c) dot += qv[c] * kv[c];
+        scores[j] = dot * scale;
+        max_score = std::max(max_score, scores[j]);
+      }
+      float denom = 0.f;
+      for (int64_t j = 0; j < visible; ++j) {
+        scores[j] = std::exp(scores[j] - max_score);
+        denom += scores[j];
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t j = 0; j < visible; ++j) {
+        const int64_t slot = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size +
+                             j % block_size;
+        const float* vv = v_cache.data<float>() + slot * kv_row + g * d;
+        const float p = scores[j];
+        for (int64_t c = 0; c < d; ++c) acc[c] += p * vv[c];
+      }
+      float* o = out->data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
+      const float inv = 1.0f / denom;
+      for (int64_t c = 0; c < d; ++c) o[c] = acc[c] * inv;
+    }
+  }
+}
+
+}  // namespace sluice::kernels::cpu

@@ -1,0 +1,28 @@
+// CPU bodies of the ops in kernels/ops.h. Called only from ops.cc after its checks.
+#ifndef SLUICE_KERNELS_CPU_OPS_CPU_H_
+#define SLUICE_KERNELS_CPU_OPS_CPU_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "kernels/ops.h"
+
+namespace sluice::kernels::cpu {
+
+absl::StatusOr<std::unique_ptr<Linear>> CreateLinear(const Tensor& weight);
+void EmbeddingLookup(const Tensor& table, const Tensor& ids, Tensor* out);
+void RmsNorm(const Tensor& x, const Tensor& weight, float eps, float weight_offset, Tensor* out);
+void ApplyRotaryEmbedding(const Tensor& positions, const Tensor& cos_sin, int64_t rotary_dim,
+                          Tensor* x);
+void SiluMul(const Tensor& gate_up, Tensor* out);
+void CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst);
+void AddInPlace(const Tensor& y, Tensor* x);
+void GatherRows(const Tensor& x, const Tensor& rows, Tensor* out);
+void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor* k_cache,
+                  Tensor* v_cache);
+void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out);
+
+}  // namespace sluice::kernels::cpu
+
+#endif  // SLUICE_KERNELS_CPU_OPS_CPU_H_

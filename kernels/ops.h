@@ -1,0 +1,105 @@
+// Every compute op sluice runs, declared once. ops.cc checks shapes, dtypes and
+// devices and dispatches; cpu/*_cpu.cc hold the reference bodies, cuda/ the GPU ones.
+// Ops know nothing of requests or models: they see tensors and ragged-batch metadata.
+#ifndef SLUICE_KERNELS_OPS_H_
+#define SLUICE_KERNELS_OPS_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/tensor.h"
+
+namespace sluice::kernels {
+
+// Threads used by CPU kernels (OpenMP, shared with oneDNN).
+void SetNumThreads(int n);
+int NumThreads();
+
+// y[M, N] = x[M, K] · Wᵀ for a weight stored as Hugging Face does, [N, K]. The weight
+// is converted once at creation into whatever layout the device's GEMM reads fastest.
+class Linear {
+ public:
+  // weight: [N, K] in f32, bf16 or f16 (f16 is widened to f32). Any device the weight
+  // is on is accepted; the packed copy lives on `device`.
+  static absl::StatusOr<std::unique_ptr<Linear>> Create(const Tensor& weight, Device device);
+  virtual ~Linear() = default;
+  // x: f32 [M, K]; y: f32 [M, N], preallocated on the same device. M may be 0.
+  virtual absl::Status Forward(const Tensor& x, Tensor* y) = 0;
+
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
+  DType weight_dtype() const { return weight_dtype_; }
+  // Bytes of packed weight one forward pass reads.
+  size_t weight_bytes() const { return static_cast<size_t>(in_features_) * out_features_ * DTypeSize(weight_dtype_); }
+
+ protected:
+  Linear(int64_t in, int64_t out, DType dtype)
+      : in_features_(in), out_features_(out), weight_dtype_(dtype) {}
+  int64_t in_features_;
+  int64_t out_features_;
+  DType weight_dtype_;
+};
+
+// Stacks several [N_i, K] weights into one [ΣN_i, K] weight (e.g. q|k|v or gate|up),
+// so one GEMM reads the input once. Result is f32 unless every part is bf16.
+absl::StatusOr<Tensor> ConcatRows(absl::Span<const Tensor> parts);
+// Converts a weight of any supported dtype to f32 on `device` (small vectors: norms).
+absl::StatusOr<Tensor> ToF32(const Tensor& t, Device device);
+
+// out[i, :] = table[ids[i], :]; table [V, H] f32|bf16, ids i32 [T], out f32 [T, H].
+absl::Status EmbeddingLookup(const Tensor& table, const Tensor& ids, Tensor* out);
+
+// Root-mean-square norm over the last dimension D, in f32:
+//   y = x · rsqrt(mean(x²) + eps) · (weight_offset + w)
+// weight_offset is 0 for the plain norm and 1 for the zero-centred one. In place is fine.
+absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, float weight_offset,
+                     Tensor* out);
+
+// Rotary embedding, rotate-half (NeoX) pairing, on the first rotary_dim dims of each
+// head. x: f32 [T, H, d]; positions: i32 [T]; cos_sin: f32 [max_pos, rotary_dim]
+// holding cos for the first rotary_dim/2 columns and sin for the rest.
+absl::Status ApplyRotaryEmbedding(const Tensor& positions, const Tensor& cos_sin,
+                                  int64_t rotary_dim, Tensor* x);
+
+// out[T, I] = silu(gate_up[:, :I]) ⊙ gate_up[:, I:]  (SwiGLU).
+absl::Status SiluMul(const Tensor& gate_up, Tensor* out);
+
+// dst[r, :] = src[r, col_start : col_start + dst.cols] for 2-D f32 tensors, e.g. to
+// split a fused q|k|v projection into contiguous parts.
+absl::Status CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst);
+
+// x += y, elementwise, same shape.
+absl::Status AddInPlace(const Tensor& y, Tensor* x);
+
+// Rows of a ragged batch, picked by index: out[i] = x[rows[i]].
+absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor* out);
+
+// Paged KV cache: k_cache/v_cache are f32 [num_blocks, block_size, H_kv, d]. Token i of
+// the batch is written to slot slot_mapping[i] = block * block_size + offset.
+absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping,
+                          Tensor* k_cache, Tensor* v_cache);
+
+// One sequence of a ragged attention batch. Its query rows are
+// [query_start, query_start + query_len) of q; they are the last query_len tokens of a
+// context of context_len tokens whose K/V are already in the cache, found through
+// block_table (host memory, ceil(context_len / block_size) entries).
+struct AttentionSequence {
+  int32_t query_start = 0;
+  int32_t query_len = 0;
+  int32_t context_len = 0;
+  const int32_t* block_table = nullptr;
+};
+
+// Causal softmax attention with GQA over a paged cache:
+//   out[t, h] = softmax(scale · q[t, h] · K_{g(h)}ᵀ, causal) · V_{g(h)}
+// q, out: f32 [T, H_q, d]; H_q must be a multiple of H_kv.
+absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            absl::Span<const AttentionSequence> sequences, float scale,
+                            Tensor* out);
+
+}  // namespace sluice::kernels
+
+#endif  // SLUICE_KERNELS_OPS_H_

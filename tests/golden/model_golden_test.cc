@@ -1,0 +1,173 @@
+// sluice against Hugging Face transformers on tiny random-weight checkpoints: logits at
+// every position, alone and in one ragged batch, and greedy continuations through the
+// whole engine (scheduler, KV cache, sampler).
+#include <cmath>
+#include <memory>
+
+#include "absl/time/clock.h"
+#include "engine/engine.h"
+#include "engine/model/causal_lm.h"
+#include "gtest/gtest.h"
+#include "tests/golden/fixture.h"
+
+namespace sluice {
+namespace {
+
+using engine::CausalLm;
+using engine::ForwardBatch;
+using engine::PagedKvCache;
+
+struct Case {
+  const char* name;
+  float tolerance;
+};
+
+class ModelGoldenTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    auto fixture = testing::LoadGoldenFixture(GetParam().name);
+    ASSERT_TRUE(fixture.ok()) << fixture.status();
+    fixture_ = *std::move(fixture);
+    auto model = CausalLm::Load(fixture_.dir, kernels::Device::kCpu);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+    ASSERT_EQ(model_->config().vocab_size, fixture_.vocab_size);
+  }
+
+  // Runs the given prompts as one ragged batch on a fresh cache; returns logits of
+  // every position of every prompt, concatenated.
+  std::vector<float> RunBatch(const std::vector<const std::vector<int32_t>*>& prompts) {
+    constexpr int32_t kBlock = 4;  // small blocks so sequences span several
+    auto shape = model_->KvShape(kBlock);
+    shape.num_blocks = 256;
+    auto cache = PagedKvCache::Create(shape, kernels::Device::kCpu);
+    EXPECT_TRUE(cache.ok());
+    ForwardBatch batch;
+    std::vector<std::vector<int32_t>> tables(prompts.size());
+    int32_t next_block = 255;  // hand out blocks in descending order: tables are not trivial
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      const auto& ids = *prompts[s];
+      const int32_t start = batch.num_tokens();
+      for (int32_t b = 0; b < (static_cast<int32_t>(ids.size()) + kBlock - 1) / kBlock; ++b) {
+        tables[s].push_back(next_block--);
+      }
+      for (size_t i = 0; i < ids.size(); ++i) {
+        batch.token_ids.push_back(ids[i]);
+        batch.positions.push_back(static_cast<int32_t>(i));
+        batch.slot_mapping.push_back(tables[s][i / kBlock] * kBlock + static_cast<int32_t>(i % kBlock));
+        batch.logit_rows.push_back(start + static_cast<int32_t>(i));
+      }
+      kernels::AttentionSequence meta;
+      meta.query_start = start;
+      meta.query_len = static_cast<int32_t>(ids.size());
+      meta.context_len = static_cast<int32_t>(ids.size());
+      meta.block_table = tables[s].data();
+      batch.sequences.push_back(meta);
+    }
+    std::vector<float> logits;
+    auto status = model_->Forward(batch, &*cache, &logits);
+    EXPECT_TRUE(status.ok()) << status;
+    return logits;
+  }
+
+  void ExpectClose(const float* got, const std::vector<float>& want, const std::string& what) {
+    float worst = 0;
+    size_t worst_at = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const float d = std::abs(got[i] - want[i]);
+      if (!(d <= worst)) {
+        worst = d;
+        worst_at = i;
+      }
+    }
+    EXPECT_LE(worst, GetParam().tolerance)
+        << what << ": worst |Δ| at flat index " << worst_at << " (got " << got[worst_at]
+        << ", transformers " << want[worst_at] << ")";
+  }
+
+  testing::GoldenFixture fixture_;
+  std::unique_ptr<CausalLm> model_;
+};
+
+TEST_P(ModelGoldenTest, LogitsAtEveryPositionMatchTransformers) {
+  for (const auto& p : fixture_.prompts) {
+    std::vector<float> logits = RunBatch({&p.ids});
+    ASSERT_EQ(logits.size(), p.logits.size());
+    ExpectClose(logits.data(), p.logits, "prompt of length " + std::to_string(p.ids.size()));
+  }
+}
+
+TEST_P(ModelGoldenTest, RaggedBatchMatchesTransformers) {
+  std::vector<const std::vector<int32_t>*> prompts;
+  for (auto it = fixture_.prompts.rbegin(); it != fixture_.prompts.rend(); ++it) prompts.push_back(&it->ids);
+  std::vector<float> logits = RunBatch(prompts);
+  size_t offset = 0;
+  for (auto it = fixture_.prompts.rbegin(); it != fixture_.prompts.rend(); ++it) {
+    ExpectClose(logits.data() + offset, it->logits, "batched prompt of length " + std::to_string(it->ids.size()));
+    offset += it->logits.size();
+  }
+  EXPECT_EQ(offset, logits.size());
+}
+
+engine::GenerationRequest GreedyRequest(const std::vector<int32_t>& ids, int32_t n) {
+  engine::GenerationRequest r;
+  r.prompt = ids;
+  r.stopping.max_tokens = n;
+  r.stopping.ignore_eos = true;
+  return r;
+}
+
+std::vector<int32_t> Collect(engine::RequestChannel& channel, absl::Status* status) {
+  std::vector<int32_t> tokens;
+  engine::RequestEvent event;
+  while (channel.PopWait(&event, absl::Now() + absl::Seconds(60))) {
+    tokens.insert(tokens.end(), event.tokens.begin(), event.tokens.end());
+    if (event.final) {
+      *status = event.status;
+      return tokens;
+    }
+  }
+  *status = absl::DeadlineExceededError("no final event within 60 s");
+  return tokens;
+}
+
+TEST_P(ModelGoldenTest, GreedyContinuationsMatchAloneAndConcurrently) {
+  engine::EngineOptions options;
+  options.model_dir = fixture_.dir;
+  options.kv_cache_memory = 8 << 20;
+  options.block_size = 8;
+  auto engine = engine::Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  // Alone.
+  for (const auto& p : fixture_.prompts) {
+    auto channel = std::make_shared<engine::RequestChannel>();
+    ASSERT_TRUE((*engine)->Submit(GreedyRequest(p.ids, p.greedy.size()), channel).ok());
+    absl::Status status;
+    EXPECT_EQ(Collect(*channel, &status), p.greedy) << "prompt length " << p.ids.size();
+    EXPECT_TRUE(status.ok()) << status;
+  }
+  // All at once: one continuous batch.
+  std::vector<std::shared_ptr<engine::RequestChannel>> channels;
+  for (const auto& p : fixture_.prompts) {
+    channels.push_back(std::make_shared<engine::RequestChannel>());
+    ASSERT_TRUE((*engine)->Submit(GreedyRequest(p.ids, p.greedy.size()), channels.back()).ok());
+  }
+  for (size_t i = 0; i < channels.size(); ++i) {
+    absl::Status status;
+    EXPECT_EQ(Collect(*channels[i], &status), fixture_.prompts[i].greedy)
+        << "concurrent prompt length " << fixture_.prompts[i].ids.size();
+    EXPECT_TRUE(status.ok()) << status;
+  }
+  ASSERT_TRUE((*engine)->WaitIdle(absl::Seconds(10)));
+  auto stats = (*engine)->Stats();
+  EXPECT_EQ(stats.free_blocks, stats.total_blocks);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ModelGoldenTest,
+                         ::testing::Values(Case{"llama_f32", 1e-4f}, Case{"llama_bf16", 2e-2f},
+                                           Case{"llama_sharded_f32", 1e-4f},
+                                           Case{"qwen3_f32", 1e-4f}, Case{"qwen3_bf16", 2e-2f}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace sluice
