@@ -1,0 +1,60 @@
+// sluice.v1.Generation over the gRPC callback API. Each RPC becomes an engine request
+// with a RequestChannel; a reactor turns the channel's events into responses, and a
+// client cancel or disconnect cancels the engine sequence.
+#ifndef SLUICE_SERVER_GENERATION_SERVICE_H_
+#define SLUICE_SERVER_GENERATION_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "engine/engine.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "server/metrics.h"
+#include "sluice/v1/generation.grpc.pb.h"
+
+namespace sluice::server {
+
+// What the service serves; filled in once the model has loaded.
+struct ServingModel {
+  std::unique_ptr<engine::Engine> engine;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;  // null when the model ships none
+  std::string model_dir;
+};
+
+class GenerationService final : public v1::Generation::CallbackService {
+ public:
+  explicit GenerationService(Metrics* metrics) : metrics_(metrics) {}
+
+  // Publishes the loaded model; RPCs before this answer UNAVAILABLE.
+  void SetModel(ServingModel* model) { model_.store(model, std::memory_order_release); }
+
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const v1::GenerateRequest* request,
+                                     v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerateStream(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
+                                       const v1::DetokenizeRequest* request,
+                                       v1::DetokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+ private:
+  ServingModel* model() const { return model_.load(std::memory_order_acquire); }
+
+  std::atomic<ServingModel*> model_{nullptr};
+  Metrics* metrics_;
+};
+
+// Proto → engine request, validating every field. Exposed for tests.
+absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateRequest& request,
+                                                           const ServingModel& model);
+
+}  // namespace sluice::server
+
+#endif  // SLUICE_SERVER_GENERATION_SERVICE_H_

@@ -1,0 +1,299 @@
+// Starts the real sluiced on an ephemeral loopback port with a fixture model and talks
+// to it over gRPC, as a user would.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <functional>
+#include <thread>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "sluice/v1/generation.grpc.pb.h"
+#include "tests/golden/fixture.h"
+
+namespace sluice {
+namespace {
+
+namespace fs = std::filesystem;
+
+class Daemon {
+ public:
+  // Starts sluiced on port 0 and waits until it reports its port.
+  bool Start(const std::string& model_dir, std::vector<std::string> extra = {}) {
+    dir_ = fs::temp_directory_path() / absl::StrCat("sluice-it-", ::getpid(), "-", counter_++);
+    fs::create_directories(dir_);
+    const std::string port_file = (dir_ / "port").string();
+    std::vector<std::string> args = {std::string(SLUICE_BIN_DIR) + "/sluiced", "--model=" + model_dir,
+                                     "--listen=127.0.0.1:0", "--metrics_listen=",
+                                     "--port_file=" + port_file, "--threads=2",
+                                     "--kv_cache_memory=16777216", "--drain_timeout_s=20"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    for (int i = 0; i < 600 && port_ == 0; ++i) {
+      std::ifstream in(port_file);
+      if (!(in >> port_)) {
+        port_ = 0;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+    if (port_ == 0) return false;
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
+    stub_ = v1::Generation::NewStub(channel_);
+    return true;
+  }
+
+  // grpc.health.v1.Health/Check for the whole server: 1 SERVING, 2 NOT_SERVING, -1 error.
+  int Health() {
+    grpc::GenericStub generic(channel_);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::Slice empty("", 0);
+    grpc::ByteBuffer request(&empty, 1), response;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    grpc::Status status;
+    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status s) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        status = s;
+                        done = true;
+                        cv.notify_one();
+                      });
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done; });
+    if (!status.ok()) return -1;
+    std::vector<grpc::Slice> slices;
+    (void)response.Dump(&slices);
+    std::string bytes;
+    for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    return bytes.size() >= 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+  }
+
+  bool WaitServing() {
+    for (int i = 0; i < 600; ++i) {
+      if (Health() == 1) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  // Sends SIGTERM and returns the exit status (or -1 on timeout / abnormal exit).
+  int Terminate(int timeout_s = 30) {
+    if (pid_ <= 0) return -1;
+    ::kill(pid_, SIGTERM);
+    for (int i = 0; i < timeout_s * 20; ++i) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = 0;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
+  }
+
+  ~Daemon() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  v1::Generation::Stub* stub() { return stub_.get(); }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path dir_;
+  pid_t pid_ = 0;
+  int port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Generation::Stub> stub_;
+};
+
+v1::GenerateRequest GreedyRequest(const std::vector<int32_t>& ids, uint32_t max_tokens) {
+  v1::GenerateRequest req;
+  for (int32_t id : ids) req.mutable_tokens()->add_ids(id);
+  req.mutable_stopping()->set_max_tokens(max_tokens);
+  req.mutable_stopping()->set_ignore_eos(true);
+  return req;
+}
+
+void SetDeadline(grpc::ClientContext* ctx, int seconds = 60) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+class ServerIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto fixture = testing::LoadGoldenFixture("llama_f32");
+    ASSERT_TRUE(fixture.ok()) << fixture.status();
+    fixture_ = *std::move(fixture);
+    ASSERT_TRUE(daemon_.Start(fixture_.dir)) << "sluiced did not start";
+    ASSERT_TRUE(daemon_.WaitServing()) << "health never became SERVING";
+  }
+
+  testing::GoldenFixture fixture_;
+  Daemon daemon_;
+};
+
+TEST_F(ServerIntegrationTest, GenerateAndStreamProduceTheGoldenTokens) {
+  for (const auto& p : fixture_.prompts) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    grpc::Status s = daemon_.stub()->Generate(&ctx, GreedyRequest(p.ids, p.greedy.size()), &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end()), p.greedy);
+    EXPECT_EQ(resp.finish_reason(), v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(resp.usage().prompt_tokens(), p.ids.size());
+    EXPECT_EQ(resp.usage().completion_tokens(), p.greedy.size());
+    EXPECT_GT(resp.usage().dense_flops(), 0);
+    EXPECT_EQ(resp.usage().executed_flops(), resp.usage().dense_flops());
+
+    grpc::ClientContext sctx;
+    SetDeadline(&sctx);
+    auto reader = daemon_.stub()->GenerateStream(&sctx, GreedyRequest(p.ids, p.greedy.size()));
+    v1::GenerateStreamResponse msg;
+    std::vector<int32_t> streamed;
+    int finals = 0;
+    while (reader->Read(&msg)) {
+      streamed.insert(streamed.end(), msg.token_ids().begin(), msg.token_ids().end());
+      if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        ++finals;
+        EXPECT_EQ(msg.usage().completion_tokens(), p.greedy.size());
+      }
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(streamed, p.greedy);
+    EXPECT_EQ(finals, 1);
+  }
+}
+
+TEST_F(ServerIntegrationTest, GetModelInfoReportsTheConfig) {
+  v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  ASSERT_TRUE(daemon_.stub()->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.model_type(), "llama");
+  EXPECT_EQ(info.vocab_size(), 320u);
+  EXPECT_EQ(info.hidden_size(), 64u);
+  EXPECT_EQ(info.num_layers(), 3u);
+  EXPECT_EQ(info.num_attention_heads(), 4u);
+  EXPECT_EQ(info.num_key_value_heads(), 2u);
+  EXPECT_EQ(info.head_dim(), 16u);
+  EXPECT_EQ(info.max_model_len(), 256u);
+  // transformers' own count for this config, recorded in the sharded twin's index.
+  std::ifstream index(testing::ModelFixtureDir("llama_sharded_f32") + "/model.safetensors.index.json");
+  std::stringstream text;
+  text << index.rdbuf();
+  const auto metadata = nlohmann::json::parse(text.str())["metadata"];
+  EXPECT_EQ(info.total_parameters(), metadata["total_parameters"].get<uint64_t>());
+  EXPECT_FALSE(info.has_tokenizer());
+}
+
+TEST_F(ServerIntegrationTest, InvalidRequestsGetClearErrors) {
+  struct Case {
+    std::function<void(v1::GenerateRequest*)> edit;
+    grpc::StatusCode code;
+    std::string mentions;
+  };
+  std::vector<Case> cases = {
+      {[](auto* r) { r->mutable_tokens()->add_ids(100000); }, grpc::INVALID_ARGUMENT, "input.tokens"},
+      {[](auto* r) { r->mutable_sampling()->set_temperature(-1); }, grpc::INVALID_ARGUMENT, "temperature"},
+      {[](auto* r) { r->mutable_sampling()->set_temperature(NAN); }, grpc::INVALID_ARGUMENT, "temperature"},
+      {[](auto* r) { r->mutable_sampling()->set_top_p(1.5); }, grpc::INVALID_ARGUMENT, "top_p"},
+      {[](auto* r) { r->mutable_sampling()->set_top_k(-3); }, grpc::INVALID_ARGUMENT, "top_k"},
+      {[](auto* r) { r->mutable_stopping()->set_max_tokens(1000); }, grpc::INVALID_ARGUMENT, "max_tokens"},
+      {[](auto* r) { r->mutable_budget()->set_skip_ratio(0.5); }, grpc::UNIMPLEMENTED, "budget.skip_ratio"},
+      {[](auto* r) { r->mutable_budget()->add_skip_layers()->set_first(1); }, grpc::UNIMPLEMENTED, "budget.skip_layers"},
+      {[](auto* r) { r->set_text("hello"); }, grpc::FAILED_PRECONDITION, "tokenizer"},
+      {[](auto* r) { r->mutable_stopping()->add_stop("x"); }, grpc::FAILED_PRECONDITION, "stop"},
+      {[](auto* r) { r->clear_input(); }, grpc::INVALID_ARGUMENT, "input"},
+  };
+  for (const auto& c : cases) {
+    v1::GenerateRequest req = GreedyRequest({1, 2, 3}, 4);
+    c.edit(&req);
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    grpc::Status s = daemon_.stub()->Generate(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), c.code) << s.error_message();
+    EXPECT_NE(s.error_message().find(c.mentions), std::string::npos) << s.error_message();
+  }
+}
+
+TEST_F(ServerIntegrationTest, CancelledStreamEndsCleanlyAndServerKeepsServing) {
+  const auto& p = fixture_.prompts[0];
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  auto reader = daemon_.stub()->GenerateStream(&ctx, GreedyRequest(p.ids, 200));
+  v1::GenerateStreamResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  ctx.TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  grpc::Status s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::CANCELLED) << s.error_message();
+  // The server still answers, with the same tokens as before.
+  v1::GenerateResponse resp;
+  grpc::ClientContext ctx2;
+  SetDeadline(&ctx2);
+  ASSERT_TRUE(daemon_.stub()->Generate(&ctx2, GreedyRequest(p.ids, p.greedy.size()), &resp).ok());
+  EXPECT_EQ(std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end()), p.greedy);
+  EXPECT_EQ(daemon_.Health(), 1);
+}
+
+TEST_F(ServerIntegrationTest, ExpiredDeadlineAnswersDeadlineExceeded) {
+  v1::GenerateResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  grpc::Status s = daemon_.stub()->Generate(&ctx, GreedyRequest({1, 2, 3}, 200), &resp);
+  EXPECT_EQ(s.error_code(), grpc::DEADLINE_EXCEEDED);
+}
+
+TEST_F(ServerIntegrationTest, SigtermLetsAnInFlightStreamFinishThenExitsZero) {
+  const auto& p = fixture_.prompts[1];
+  const uint32_t max_tokens = 200;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  auto reader = daemon_.stub()->GenerateStream(&ctx, GreedyRequest(p.ids, max_tokens));
+  v1::GenerateStreamResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));  // the stream is in flight
+  size_t received = msg.token_ids_size();
+  int exit_code = -2;
+  std::thread terminator([&] { exit_code = daemon_.Terminate(); });
+  while (reader->Read(&msg)) received += msg.token_ids_size();
+  grpc::Status s = reader->Finish();
+  terminator.join();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(received, max_tokens);
+  EXPECT_EQ(exit_code, 0);
+}
+
+}  // namespace
+}  // namespace sluice
