@@ -1,0 +1,36 @@
+# The two commands the README opens with, and a few conveniences. Everything else is
+# CMake (CMakePresets.json); this file only sequences install → configure → build → run.
+PRESET ?= release
+BUILD := build/$(PRESET)
+JOBS ?= $(shell nproc)
+ARGS ?=
+
+.PHONY: deps configure build serve test bench fixtures clean
+
+deps:
+	@bash scripts/install-deps.sh
+
+configure: deps
+	@cmake --preset $(PRESET) >/dev/null
+
+build: configure
+	@cmake --build --preset $(PRESET) -j $(JOBS)
+
+# Starts sluiced on the embedded default model, listening on 127.0.0.1:50051.
+serve: build
+	$(BUILD)/bin/sluiced $(ARGS)
+
+# Installs deps, builds, and runs the whole suite through ctest.
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
+
+bench: build
+	bash bench/run.sh $(BUILD)
+
+# Regenerates the committed fixtures (needs: pip install torch transformers safetensors tokenizers).
+fixtures:
+	python3 tests/fixtures/make_fixtures.py
+	python3 tests/fixtures/make_bad_safetensors.py
+
+clean:
+	rm -rf build
