@@ -25,9 +25,25 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
     return absl::InvalidArgumentError("block_size, max_num_seqs and max_num_batched_tokens must be > 0");
   }
 
+  // The memory budget holds one recurrent-state slot per running sequence (hybrid models)
+  // and, in what is left, the paged KV cache.
+  StateCacheShape state_shape = engine->model_->StateShape();
+  state_shape.num_slots = state_shape.num_layers > 0 ? options.max_num_seqs : 0;
+  const int64_t state_bytes = static_cast<int64_t>(state_shape.BytesPerSlot()) * state_shape.num_slots;
+  if (state_bytes >= options.kv_cache_memory) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "kv_cache_memory of ", options.kv_cache_memory, " bytes cannot hold the recurrent state of ",
+        options.max_num_seqs, " sequences (", state_shape.BytesPerSlot(),
+        " bytes each); raise --kv_cache_memory or lower --max_num_seqs"));
+  }
   KvCacheShape shape = engine->model_->KvShape(options.block_size);
-  const size_t per_block = shape.BytesPerBlock();
-  shape.num_blocks = static_cast<int32_t>(std::min<int64_t>(options.kv_cache_memory / per_block, 1 << 30));
+  const size_t per_block = std::max<size_t>(shape.BytesPerBlock(), 1);
+  shape.num_blocks = static_cast<int32_t>(
+      std::min<int64_t>((options.kv_cache_memory - state_bytes) / per_block, 1 << 30));
+  if (shape.num_layers == 0) {  // no attention layers: block tables are bookkeeping only
+    shape.num_blocks = static_cast<int32_t>((max_len + options.block_size - 1) / options.block_size *
+                                            options.max_num_seqs);
+  }
   const int64_t blocks_for_one = (max_len + options.block_size - 1) / options.block_size;
   if (shape.num_blocks < blocks_for_one) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -37,6 +53,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
         " bytes); raise --kv_cache_memory or lower --max_model_len"));
   }
   SLUICE_ASSIGN_OR_RETURN(PagedKvCache cache, PagedKvCache::Create(shape, options.device));
+  SLUICE_ASSIGN_OR_RETURN(RecurrentStateCache state, RecurrentStateCache::Create(state_shape, options.device));
 
   SchedulerOptions so;
   so.max_num_seqs = options.max_num_seqs;
@@ -44,7 +61,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   so.max_queue = options.max_queue;
   so.max_model_len = max_len;
   so.block_size = options.block_size;
-  engine->scheduler_ = std::make_unique<Scheduler>(so, engine->model_.get(), std::move(cache));
+  engine->scheduler_ = std::make_unique<Scheduler>(so, engine->model_.get(), std::move(cache),
+                                                   std::move(state));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }

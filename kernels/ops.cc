@@ -179,6 +179,59 @@ absl::Status CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst) {
   return absl::OkStatus();
 }
 
+absl::Status SigmoidGateInPlace(const Tensor& gate, Tensor* x) {
+  SLUICE_RETURN_IF_ERROR(SameDevice("SigmoidGateInPlace", {&gate, x}));
+  SLUICE_RETURN_IF_ERROR(Expect(gate.rank() == 2 && x->rank() == 2 && gate.dim(0) == x->dim(0) &&
+                                    gate.dim(1) > 0 && x->dim(1) % gate.dim(1) == 0,
+                                "SigmoidGateInPlace", "shape mismatch"));
+  cpu::SigmoidGateInPlace(gate, x);
+  return absl::OkStatus();
+}
+
+absl::Status ClampInPlace(float limit, Tensor* x) {
+  SLUICE_RETURN_IF_ERROR(SameDevice("ClampInPlace", {x}));
+  SLUICE_RETURN_IF_ERROR(Expect(x->dtype() == DType::kF32 && limit >= 0, "ClampInPlace", "bad arguments"));
+  cpu::ClampInPlace(limit, x);
+  return absl::OkStatus();
+}
+
+absl::Status RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
+                       Tensor* weights) {
+  SLUICE_RETURN_IF_ERROR(SameDevice("RouteTopK", {&logits, experts, weights}));
+  SLUICE_RETURN_IF_ERROR(Expect(logits.rank() == 2 && k >= 1 && k <= logits.dim(1) &&
+                                    experts->dtype() == DType::kI32 && weights->dtype() == DType::kF32 &&
+                                    experts->numel() == logits.dim(0) * k &&
+                                    weights->numel() == logits.dim(0) * k,
+                                "RouteTopK", "shape mismatch"));
+  cpu::RouteTopK(logits, k, renormalize, experts, weights);
+  return absl::OkStatus();
+}
+
+absl::Status ScaledScatterAdd(const Tensor& y, const Tensor& rows, const Tensor& scale,
+                              Tensor* out) {
+  SLUICE_RETURN_IF_ERROR(SameDevice("ScaledScatterAdd", {&y, &rows, &scale, out}));
+  SLUICE_RETURN_IF_ERROR(Expect(y.rank() == 2 && out->rank() == 2 && y.dim(1) == out->dim(1) &&
+                                    rows.numel() == y.dim(0) && scale.numel() == y.dim(0),
+                                "ScaledScatterAdd", "shape mismatch"));
+  const int32_t* r = rows.data<int32_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    if (r[i] < 0 || r[i] >= out->dim(0)) return absl::OutOfRangeError("ScaledScatterAdd: row out of range");
+  }
+  cpu::ScaledScatterAdd(y, rows, scale, out);
+  return absl::OkStatus();
+}
+
+absl::Status DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_log,
+                            const Tensor& dt_bias, Tensor* g, Tensor* beta) {
+  SLUICE_RETURN_IF_ERROR(SameDevice("DeltaRuleGates", {&a, &b, &a_log, &dt_bias, g, beta}));
+  SLUICE_RETURN_IF_ERROR(Expect(a.rank() == 2 && a.shape() == b.shape() && g->shape() == a.shape() &&
+                                    beta->shape() == a.shape() && a_log.numel() == a.dim(1) &&
+                                    dt_bias.numel() == a.dim(1),
+                                "DeltaRuleGates", "shape mismatch"));
+  cpu::DeltaRuleGates(a, b, a_log, dt_bias, g, beta);
+  return absl::OkStatus();
+}
+
 absl::Status AddInPlace(const Tensor& y, Tensor* x) {
   SLUICE_RETURN_IF_ERROR(SameDevice("AddInPlace", {&y, x}));
   SLUICE_RETURN_IF_ERROR(Expect(x->numel() == y.numel(), "AddInPlace", "shape mismatch"));

@@ -71,6 +71,29 @@ absl::Status SiluMul(const Tensor& gate_up, Tensor* out);
 // split a fused q|k|v projection into contiguous parts.
 absl::Status CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst);
 
+// x[t, i] *= sigmoid(gate[t, i / r]) with r = x.cols / gate.cols: an elementwise
+// output gate (r = 1) or one gate per row (gate [T, 1]).
+absl::Status SigmoidGateInPlace(const Tensor& gate, Tensor* x);
+
+// x = clamp(x, -limit, limit), elementwise.
+absl::Status ClampInPlace(float limit, Tensor* x);
+
+// Mixture-of-experts routing, in f32: p = softmax(logits[t, :]); keep the k largest
+// (ties to the lower expert id); renormalise them to sum 1 when asked.
+// logits: f32 [T, E]; experts: i32 [T, k]; weights: f32 [T, k].
+absl::Status RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
+                       Tensor* weights);
+
+// out[rows[i], :] += scale[i] · y[i, :] — the scatter half of grouped expert compute.
+absl::Status ScaledScatterAdd(const Tensor& y, const Tensor& rows, const Tensor& scale,
+                              Tensor* out);
+
+// Gated DeltaNet gates per token and value head, in f32:
+//   beta = sigmoid(b);  g = −exp(A_log) · softplus(a + dt_bias)   (g ≤ 0, a log decay)
+// a, b, g, beta: f32 [T, H]; a_log, dt_bias: f32 [H]. softplus has torch's threshold 20.
+absl::Status DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_log,
+                            const Tensor& dt_bias, Tensor* g, Tensor* beta);
+
 // x += y, elementwise, same shape.
 absl::Status AddInPlace(const Tensor& y, Tensor* x);
 

@@ -1,6 +1,8 @@
 #include "engine/config/model_config.h"
 
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -78,35 +80,76 @@ absl::Status ParseRope(const json& j, RopeConfig* rope) {
 }  // namespace
 
 absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
+  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError("config.json is not a JSON object");
   }
-  ModelConfig c;
-  if (!j.contains("model_type") || !j["model_type"].is_string()) {
+  if (!root.contains("model_type") || !root["model_type"].is_string()) {
     return FieldError("model_type", "is missing");
   }
-  c.model_type = j["model_type"].get<std::string>();
-  if (c.model_type == "llama") {
-    c.family = ModelFamily::kLlama;
-  } else if (c.model_type == "qwen3") {
-    c.family = ModelFamily::kQwen3;
-    c.qk_norm = true;
-  } else {
-    return absl::UnimplementedError(absl::StrCat("model_type '", c.model_type,
-                                                 "' is not supported yet (supported: llama, qwen3)"));
+  ModelConfig c;
+  const std::string outer_type = root["model_type"].get<std::string>();
+  // Multimodal Qwen3.5 checkpoints wrap the text decoder's config in text_config; the
+  // decoder's tensors then live under model.language_model.
+  const json* jp = &root;
+  if ((outer_type == "qwen3_5" || outer_type == "qwen3_5_moe") && root.contains("text_config") &&
+      root["text_config"].is_object()) {
+    jp = &root["text_config"];
+    c.weight_prefix = "model.language_model.";
+    if (root.contains("vision_config")) c.not_served.push_back("vision tower (vision_config)");
   }
-  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
-      j["architectures"][0].is_string()) {
-    c.architecture = j["architectures"][0].get<std::string>();
+  const json& j = *jp;
+  c.model_type = j.contains("model_type") && j["model_type"].is_string()
+                     ? j["model_type"].get<std::string>()
+                     : outer_type;
+  static const std::map<std::string, ModelFamily> kFamilies = {
+      {"llama", ModelFamily::kLlama},         {"qwen3", ModelFamily::kQwen3},
+      {"qwen3_moe", ModelFamily::kQwen3Moe},  {"mixtral", ModelFamily::kMixtral},
+      {"olmoe", ModelFamily::kOlmoe},         {"qwen3_next", ModelFamily::kQwen3Next},
+      {"qwen3_5_text", ModelFamily::kQwen35}, {"qwen3_5_moe_text", ModelFamily::kQwen35Moe},
+      {"qwen3_5", ModelFamily::kQwen35},      {"qwen3_5_moe", ModelFamily::kQwen35Moe},
+  };
+  auto family = kFamilies.find(c.model_type);
+  if (family == kFamilies.end()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "model_type '", c.model_type,
+        "' is not supported (supported: llama, qwen3, qwen3_moe, mixtral, olmoe, qwen3_next, "
+        "qwen3_5, qwen3_5_moe)"));
+  }
+  c.family = family->second;
+  const bool hybrid = c.family == ModelFamily::kQwen3Next || c.family == ModelFamily::kQwen35 ||
+                      c.family == ModelFamily::kQwen35Moe;
+  switch (c.family) {
+    case ModelFamily::kLlama:
+    case ModelFamily::kMixtral:
+      break;
+    case ModelFamily::kOlmoe:
+      c.qk_norm = QkNorm::kWholeProjection;
+      break;
+    default:
+      c.qk_norm = QkNorm::kPerHead;
+      break;
+  }
+  if (hybrid) {
+    c.norm_weight_offset = 1.f;
+    c.attention_output_gate = true;
+    c.rope.partial_rotary_factor = 0.25;  // the family's default when the config omits it
+  }
+
+  if (root.contains("architectures") && root["architectures"].is_array() &&
+      !root["architectures"].empty() && root["architectures"][0].is_string()) {
+    c.architecture = root["architectures"][0].get<std::string>();
   }
   for (auto [field, out] : {std::pair{"vocab_size", &c.vocab_size},
                             {"hidden_size", &c.hidden_size},
-                            {"intermediate_size", &c.intermediate_size},
                             {"num_hidden_layers", &c.num_layers},
                             {"num_attention_heads", &c.num_attention_heads}}) {
     if (auto s = GetInt(j, field, out, true); !s.ok()) return s;
   }
+  // MoE-only families may omit the dense intermediate size.
+  const bool dense_ffn_required = c.family == ModelFamily::kLlama || c.family == ModelFamily::kQwen3 ||
+                                  c.family == ModelFamily::kQwen35;
+  if (auto s = GetInt(j, "intermediate_size", &c.intermediate_size, dense_ffn_required); !s.ok()) return s;
   c.num_key_value_heads = c.num_attention_heads;
   if (auto s = GetInt(j, "num_key_value_heads", &c.num_key_value_heads, false); !s.ok()) return s;
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
@@ -121,8 +164,10 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
   if (auto s = GetInt(j, "max_position_embeddings", &c.max_position_embeddings, false); !s.ok()) return s;
   if (auto s = GetDouble(j, "rms_norm_eps", &c.rms_norm_eps); !s.ok()) return s;
   if (c.rms_norm_eps <= 0) return FieldError("rms_norm_eps", "must be > 0");
-  if (j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean()) {
-    c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
+  for (const json* src : std::initializer_list<const json*>{&root, &j}) {  // tie_word_embeddings may sit on the wrapper
+    if (src->contains("tie_word_embeddings") && (*src)["tie_word_embeddings"].is_boolean()) {
+      c.tie_word_embeddings = (*src)["tie_word_embeddings"].get<bool>();
+    }
   }
   for (const char* field : {"attention_bias", "mlp_bias"}) {
     if (j.contains(field) && j[field].is_boolean() && j[field].get<bool>()) {
@@ -132,22 +177,31 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
   if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
     return absl::UnimplementedError("config.json: hidden_act must be silu (SwiGLU)");
   }
-  for (const char* field : {"dtype", "torch_dtype"}) {
-    if (j.contains(field) && j[field].is_string()) c.weight_dtype = j[field].get<std::string>();
-  }
-  if (auto s = ParseRope(j, &c.rope); !s.ok()) return s;
-  if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) {
-    c.bos_token_id = j["bos_token_id"].get<int32_t>();
-  }
-  if (j.contains("eos_token_id")) {
-    const auto& e = j["eos_token_id"];
-    if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int32_t>());
-    if (e.is_array()) {
-      for (const auto& v : e) {
-        if (v.is_number_integer()) c.eos_token_ids.push_back(v.get<int32_t>());
-      }
+  for (const json* src : std::initializer_list<const json*>{&root, &j}) {
+    for (const char* field : {"dtype", "torch_dtype"}) {
+      if (src->contains(field) && (*src)[field].is_string()) c.weight_dtype = (*src)[field].get<std::string>();
     }
   }
+  if (auto s = ParseRope(j, &c.rope); !s.ok()) return s;
+  if (j.contains("clip_qkv") && j["clip_qkv"].is_number()) c.clip_qkv = j["clip_qkv"].get<double>();
+  for (const json* src : std::initializer_list<const json*>{&root, &j}) {
+    if (src->contains("bos_token_id") && (*src)["bos_token_id"].is_number_integer()) {
+      c.bos_token_id = (*src)["bos_token_id"].get<int32_t>();
+    }
+    if (src->contains("eos_token_id")) {
+      const auto& e = (*src)["eos_token_id"];
+      std::vector<int32_t> ids;
+      if (e.is_number_integer()) ids.push_back(e.get<int32_t>());
+      if (e.is_array()) {
+        for (const auto& v : e) {
+          if (v.is_number_integer()) ids.push_back(v.get<int32_t>());
+        }
+      }
+      if (!ids.empty()) c.eos_token_ids = ids;
+    }
+  }
+
+  // Layer types: explicit, or every full_attention_interval-th layer is full attention.
   if (j.contains("layer_types") && j["layer_types"].is_array()) {
     for (const auto& v : j["layer_types"]) {
       if (!v.is_string()) return FieldError("layer_types", "must be strings");
@@ -157,18 +211,85 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
       return FieldError("layer_types", absl::StrCat("has ", c.layer_types.size(),
                                                     " entries for ", c.num_layers, " layers"));
     }
-    for (const auto& t : c.layer_types) {
-      if (t != "full_attention") {
-        return absl::UnimplementedError(absl::StrCat("config.json: layer type '", t,
-                                                     "' is not supported for ", c.model_type));
-      }
+  } else if (hybrid) {
+    int64_t interval = 4;
+    if (auto s = GetInt(j, "full_attention_interval", &interval, false); !s.ok()) return s;
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      c.layer_types.push_back((i + 1) % interval == 0 ? "full_attention" : "linear_attention");
     }
   } else {
     c.layer_types.assign(c.num_layers, "full_attention");
   }
+  for (const auto& t : c.layer_types) {
+    if (t == "linear_attention" && hybrid) continue;
+    if (t == "full_attention") continue;
+    return absl::UnimplementedError(absl::StrCat("config.json: layer type '", t,
+                                                 "' is not supported for ", c.model_type));
+  }
   if (j.contains("use_sliding_window") && j["use_sliding_window"].is_boolean() &&
       j["use_sliding_window"].get<bool>()) {
     return absl::UnimplementedError("config.json: sliding-window attention is not supported yet");
+  }
+  if (j.contains("sliding_window") && j["sliding_window"].is_number_integer() &&
+      c.family == ModelFamily::kMixtral &&
+      j["sliding_window"].get<int64_t>() < c.max_position_embeddings) {
+    return absl::UnimplementedError("config.json: Mixtral sliding_window shorter than the context is not supported yet");
+  }
+
+  if (c.NumLinearAttentionLayers() > 0) {
+    LinearAttentionConfig& l = c.linear;
+    l.fused_projections = c.family == ModelFamily::kQwen3Next;
+    for (auto [field, out] : {std::pair{"linear_num_key_heads", &l.num_key_heads},
+                              {"linear_num_value_heads", &l.num_value_heads},
+                              {"linear_key_head_dim", &l.key_head_dim},
+                              {"linear_value_head_dim", &l.value_head_dim}}) {
+      if (auto s = GetInt(j, field, out, true); !s.ok()) return s;
+    }
+    if (auto s = GetInt(j, "linear_conv_kernel_dim", &l.conv_kernel, false); !s.ok()) return s;
+    if (l.num_value_heads % l.num_key_heads != 0) {
+      return FieldError("linear_num_value_heads", "must be a multiple of linear_num_key_heads");
+    }
+  }
+
+  const bool moe_family = c.family == ModelFamily::kQwen3Moe || c.family == ModelFamily::kMixtral ||
+                          c.family == ModelFamily::kOlmoe || c.family == ModelFamily::kQwen3Next ||
+                          c.family == ModelFamily::kQwen35Moe;
+  if (moe_family) {
+    MoeConfig& m = c.moe;
+    const char* experts_field = c.family == ModelFamily::kMixtral ? "num_local_experts" : "num_experts";
+    if (auto s = GetInt(j, experts_field, &m.num_experts, true, 0); !s.ok()) return s;
+    if (auto s = GetInt(j, "num_experts_per_tok", &m.experts_per_token, true); !s.ok()) return s;
+    if (m.experts_per_token > m.num_experts && m.num_experts > 0) {
+      return FieldError("num_experts_per_tok", "exceeds the number of experts");
+    }
+    m.expert_intermediate_size = c.intermediate_size;
+    if (auto s = GetInt(j, "moe_intermediate_size", &m.expert_intermediate_size,
+                        c.family != ModelFamily::kMixtral && c.family != ModelFamily::kOlmoe);
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = GetInt(j, "shared_expert_intermediate_size", &m.shared_expert_intermediate_size, false, 0);
+        !s.ok()) {
+      return s;
+    }
+    // Mixtral always renormalises the top-k (softmax over the chosen logits).
+    m.norm_topk_prob = c.family == ModelFamily::kMixtral || c.family == ModelFamily::kQwen3Next ||
+                       c.family == ModelFamily::kQwen35Moe;
+    if (j.contains("norm_topk_prob") && j["norm_topk_prob"].is_boolean()) {
+      m.norm_topk_prob = j["norm_topk_prob"].get<bool>();
+    }
+    if (auto s = GetInt(j, "decoder_sparse_step", &m.decoder_sparse_step, false); !s.ok()) return s;
+    if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array()) {
+      for (const auto& v : j["mlp_only_layers"]) {
+        if (!v.is_number_integer()) return FieldError("mlp_only_layers", "must be integers");
+        m.mlp_only_layers.push_back(v.get<int64_t>());
+      }
+    }
+    if (c.intermediate_size == 0) {
+      for (int64_t i = 0; i < c.num_layers; ++i) {
+        if (!c.IsMoeLayer(i)) return FieldError("intermediate_size", "is needed for dense layers");
+      }
+    }
   }
   return c;
 }
@@ -186,17 +307,66 @@ int64_t ModelConfig::rotary_dim() const {
   return d - d % 2;
 }
 
-uint64_t ModelConfig::TotalParameters() const {
-  const uint64_t h = hidden_size;
-  const uint64_t attn = h * num_attention_heads * head_dim * 2 +  // q, o
-                        h * num_key_value_heads * head_dim * 2 +  // k, v
-                        (qk_norm ? 2 * head_dim : 0);
-  const uint64_t mlp = 3 * h * intermediate_size;
-  const uint64_t per_layer = attn + mlp + 2 * h;
-  const uint64_t embed = static_cast<uint64_t>(vocab_size) * h;
-  return per_layer * num_layers + embed * (tie_word_embeddings ? 1 : 2) + h;
+bool ModelConfig::IsMoeLayer(int64_t layer) const {
+  if (moe.num_experts == 0) return false;
+  for (int64_t l : moe.mlp_only_layers) {
+    if (l == layer) return false;
+  }
+  return (layer + 1) % moe.decoder_sparse_step == 0;
 }
 
-uint64_t ModelConfig::ActiveParameters() const { return TotalParameters(); }
+int64_t ModelConfig::NumAttentionLayers() const {
+  return static_cast<int64_t>(std::count(layer_types.begin(), layer_types.end(), "full_attention"));
+}
+
+int64_t ModelConfig::NumLinearAttentionLayers() const {
+  return num_layers - NumAttentionLayers();
+}
+
+namespace {
+
+// Parameters of one layer; `active` counts only the experts one token uses.
+uint64_t LayerParameters(const ModelConfig& c, int64_t layer, bool active) {
+  const uint64_t h = c.hidden_size;
+  uint64_t n = 2 * h;  // input and post-attention norms
+  if (c.IsLinearAttentionLayer(layer)) {
+    const LinearAttentionConfig& l = c.linear;
+    n += h * (l.conv_dim() + l.value_dim() + 2 * l.num_value_heads);  // qkv, z, b, a projections
+    n += static_cast<uint64_t>(l.conv_dim()) * l.conv_kernel;            // depthwise conv
+    n += 2 * l.num_value_heads;                                          // A_log, dt_bias
+    n += l.value_head_dim;                                               // gated norm
+    n += static_cast<uint64_t>(l.value_dim()) * h;                       // out_proj
+  } else {
+    const uint64_t q_out = c.num_attention_heads * c.head_dim * (c.attention_output_gate ? 2 : 1);
+    const uint64_t kv_out = c.num_key_value_heads * c.head_dim;
+    n += h * (q_out + 2 * kv_out) + c.num_attention_heads * c.head_dim * h;
+    if (c.qk_norm == QkNorm::kPerHead) n += 2 * c.head_dim;
+    if (c.qk_norm == QkNorm::kWholeProjection) n += (c.num_attention_heads + c.num_key_value_heads) * c.head_dim;
+  }
+  if (c.IsMoeLayer(layer)) {
+    const MoeConfig& m = c.moe;
+    const uint64_t expert = 3 * h * m.expert_intermediate_size;
+    n += h * m.num_experts;  // router
+    n += expert * (active ? m.experts_per_token : m.num_experts);
+    if (m.shared_expert_intermediate_size > 0) n += 3 * h * m.shared_expert_intermediate_size + h;
+  } else {
+    n += 3 * h * c.intermediate_size;
+  }
+  return n;
+}
+
+}  // namespace
+
+uint64_t ModelConfig::TotalParameters() const {
+  uint64_t n = static_cast<uint64_t>(vocab_size) * hidden_size * (tie_word_embeddings ? 1 : 2) + hidden_size;
+  for (int64_t i = 0; i < num_layers; ++i) n += LayerParameters(*this, i, false);
+  return n;
+}
+
+uint64_t ModelConfig::ActiveParameters() const {
+  uint64_t n = static_cast<uint64_t>(vocab_size) * hidden_size * (tie_word_embeddings ? 1 : 2) + hidden_size;
+  for (int64_t i = 0; i < num_layers; ++i) n += LayerParameters(*this, i, true);
+  return n;
+}
 
 }  // namespace sluice::engine

@@ -22,7 +22,48 @@ struct RopeConfig {
   double partial_rotary_factor = 1.0;
 };
 
-enum class ModelFamily { kLlama, kQwen3 };
+enum class ModelFamily {
+  kLlama,
+  kQwen3,
+  kQwen3Moe,
+  kMixtral,
+  kOlmoe,
+  kQwen3Next,
+  kQwen35,     // Qwen3.5 text decoder, dense FFN
+  kQwen35Moe,  // Qwen3.5 text decoder, MoE FFN
+};
+
+// How q/k are normalised before RoPE.
+enum class QkNorm {
+  kNone,
+  kPerHead,          // RMSNorm over head_dim (Qwen3, Qwen3-MoE, Qwen3-Next, Qwen3.5)
+  kWholeProjection,  // RMSNorm over all heads at once (OLMoE)
+};
+
+// Gated DeltaNet (linear-attention) layer shapes.
+struct LinearAttentionConfig {
+  int64_t num_key_heads = 0;
+  int64_t num_value_heads = 0;
+  int64_t key_head_dim = 0;
+  int64_t value_head_dim = 0;
+  int64_t conv_kernel = 4;
+  // Qwen3-Next packs q|k|v|z per key head in in_proj_qkvz and b|a in in_proj_ba;
+  // Qwen3.5 has contiguous in_proj_qkv plus in_proj_z, in_proj_b, in_proj_a.
+  bool fused_projections = false;
+  int64_t key_dim() const { return num_key_heads * key_head_dim; }
+  int64_t value_dim() const { return num_value_heads * value_head_dim; }
+  int64_t conv_dim() const { return 2 * key_dim() + value_dim(); }
+};
+
+struct MoeConfig {
+  int64_t num_experts = 0;  // 0: dense FFN everywhere
+  int64_t experts_per_token = 0;
+  int64_t expert_intermediate_size = 0;
+  int64_t shared_expert_intermediate_size = 0;  // 0: no shared expert
+  bool norm_topk_prob = false;
+  int64_t decoder_sparse_step = 1;
+  std::vector<int64_t> mlp_only_layers;
+};
 
 struct ModelConfig {
   std::string model_type;
@@ -38,8 +79,20 @@ struct ModelConfig {
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
-  bool qk_norm = false;  // Qwen3: RMSNorm over head_dim on q and k before RoPE
+  QkNorm qk_norm = QkNorm::kNone;
+  // Norm weights are stored around 0 and applied as (1 + w) (Qwen3-Next, Qwen3.5).
+  float norm_weight_offset = 0.f;
+  // Softmax attention has a sigmoid output gate packed into q_proj (Qwen3-Next, Qwen3.5).
+  bool attention_output_gate = false;
+  std::optional<double> clip_qkv;  // OLMoE clamps q, k, v
   RopeConfig rope;
+  LinearAttentionConfig linear;
+  MoeConfig moe;
+  // Prefix of the text decoder's tensors: "model." or, in a multimodal checkpoint,
+  // "model.language_model.".
+  std::string weight_prefix = "model.";
+  // Parts of the checkpoint sluice does not serve (e.g. "vision tower").
+  std::vector<std::string> not_served;
   std::string weight_dtype;  // config's "dtype"/"torch_dtype", informational
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
@@ -49,7 +102,13 @@ struct ModelConfig {
   static absl::StatusOr<ModelConfig> FromFile(const std::string& path);
 
   int64_t rotary_dim() const;
-  // Parameters of the checkpoint, and those one token's forward pass reads.
+  bool IsLinearAttentionLayer(int64_t layer) const { return layer_types[layer] == "linear_attention"; }
+  bool IsMoeLayer(int64_t layer) const;
+  int64_t NumAttentionLayers() const;
+  int64_t NumLinearAttentionLayers() const;
+  // Parameters of the served decoder (embedding and LM head included), and those one
+  // token's forward pass touches (non-expert weights + top-k routed experts + shared
+  // expert). Counted from the shapes the config implies.
   uint64_t TotalParameters() const;
   uint64_t ActiveParameters() const;
 };

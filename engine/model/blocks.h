@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/cache/kv_cache.h"
+#include "engine/cache/state_cache.h"
 #include "engine/config/model_config.h"
 #include "engine/model/forward_batch.h"
 #include "engine/weights/checkpoint.h"
@@ -24,6 +25,7 @@ struct StepTensors {
   kernels::Tensor positions;     // i32 [T]
   kernels::Tensor slot_mapping;  // i32 [T]
   PagedKvCache* kv_cache = nullptr;
+  RecurrentStateCache* state_cache = nullptr;  // null when the model has no linear layers
 };
 
 class Mixer {
@@ -34,7 +36,17 @@ class Mixer {
                                kernels::Tensor* out) = 0;
   // FLOPs (multiply-add = 2) of one token at a context length of `context` tokens.
   virtual double FlopsPerToken(int64_t context) const = 0;
+  // Weight bytes one token reads through this block.
+  virtual size_t WeightBytes() const = 0;
 };
+
+// The linear-attention mixer of a hybrid layer (Gated DeltaNet), loaded from
+// `prefix` = "...layers.{i}.linear_attn."; `state_layer` indexes the state cache.
+absl::StatusOr<std::unique_ptr<Mixer>> LoadLinearAttentionMixer(const ModelConfig& config,
+                                                                const Checkpoint& ckpt,
+                                                                const std::string& prefix,
+                                                                int state_layer,
+                                                                kernels::Device device);
 
 class FeedForward {
  public:
@@ -47,44 +59,9 @@ class FeedForward {
 absl::StatusOr<kernels::Tensor> BuildRopeTable(const RopeConfig& rope, int64_t rotary_dim,
                                                int64_t max_positions, kernels::Device device);
 
-// A norm weight, stored in f32 on the device.
+// A norm weight of `dim` (or any listed shape), stored in f32 on the device.
 absl::StatusOr<kernels::Tensor> LoadNormWeight(const Checkpoint& ckpt, const std::string& name,
                                                int64_t dim, kernels::Device device);
-
-// Softmax attention with GQA, optional q/k RMSNorm, and RoPE (Llama, Qwen3).
-class AttentionMixer : public Mixer {
- public:
-  static absl::StatusOr<std::unique_ptr<AttentionMixer>> Load(
-      const ModelConfig& config, const Checkpoint& ckpt, const std::string& prefix,
-      int cache_layer, std::shared_ptr<const kernels::Tensor> rope_table,
-      kernels::Device device);
-  absl::Status Forward(const StepTensors& step, const kernels::Tensor& x,
-                       kernels::Tensor* out) override;
-  double FlopsPerToken(int64_t context) const override;
-
- private:
-  int64_t num_heads_ = 0, num_kv_heads_ = 0, head_dim_ = 0, rotary_dim_ = 0;
-  float eps_ = 1e-6f;
-  int cache_layer_ = 0;
-  std::unique_ptr<kernels::Linear> qkv_proj_;  // q | k | v stacked, one GEMM
-  std::unique_ptr<kernels::Linear> o_proj_;
-  kernels::Tensor q_norm_, k_norm_;            // undefined when the family has none
-  std::shared_ptr<const kernels::Tensor> rope_table_;
-};
-
-// down(silu(gate(x)) ⊙ up(x)), with gate and up stacked into one GEMM.
-class SwiGluFeedForward : public FeedForward {
- public:
-  static absl::StatusOr<std::unique_ptr<SwiGluFeedForward>> Load(
-      const Checkpoint& ckpt, const std::string& prefix, int64_t hidden, int64_t intermediate,
-      kernels::Device device);
-  absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out) override;
-  double FlopsPerToken() const override;
-
- private:
-  std::unique_ptr<kernels::Linear> gate_up_;
-  std::unique_ptr<kernels::Linear> down_;
-};
 
 }  // namespace sluice::engine
 

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/cache/kv_cache.h"
+#include "engine/cache/state_cache.h"
 #include "engine/config/model_config.h"
 #include "engine/model/blocks.h"
 #include "engine/model/forward_batch.h"
@@ -25,13 +26,16 @@ class CausalLm {
   kernels::Device device() const { return device_; }
   // Shape of the KV cache this model needs (num_blocks left to the caller).
   KvCacheShape KvShape(int32_t block_size) const;
+  // Shape of one recurrent-state slot (num_slots left to the caller); num_layers is 0
+  // for models without linear-attention layers.
+  StateCacheShape StateShape() const;
   // Largest context the model supports (its position table).
   int64_t max_context() const { return config_.max_position_embeddings; }
 
   // Runs one ragged batch. Writes f32 logits [batch.logit_rows.size(), vocab] to
   // `logits` (host memory, resized here).
   absl::Status Forward(const ForwardBatch& batch, PagedKvCache* kv_cache,
-                       std::vector<float>* logits);
+                       RecurrentStateCache* state_cache, std::vector<float>* logits);
 
   // FLOPs of `tokens` new tokens of one sequence whose context grows from `past`.
   double DenseFlops(int64_t past, int64_t tokens) const;

@@ -17,6 +17,11 @@ struct ForwardBatch {
   // Per sequence: its rows in the batch, its context length after this step, and its
   // block table (which must outlive the forward call).
   std::vector<kernels::AttentionSequence> sequences;
+  // Per sequence (parallel to `sequences`): its recurrent-state slot (-1 when the model
+  // has no linear-attention layers) and whether this step is its first, so the state
+  // starts from zero whatever the slot held before.
+  std::vector<int32_t> state_slots;
+  std::vector<uint8_t> state_fresh;
   // Rows whose logits the caller wants, in output order.
   std::vector<int32_t> logit_rows;
 

@@ -7,13 +7,26 @@
 
 namespace sluice::engine {
 
-Scheduler::Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache)
+Scheduler::Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache,
+                     RecurrentStateCache state_cache)
     : options_(options),
       model_(model),
       kv_cache_(std::move(kv_cache)),
       allocator_(kv_cache_.shape().num_blocks),
+      state_cache_(std::move(state_cache)),
+      state_slots_(state_cache_.shape().num_layers > 0 ? state_cache_.shape().num_slots : 0),
+      uses_state_(state_cache_.shape().num_layers > 0),
       eos_ids_(model->config().eos_token_ids) {
   free_blocks_ = allocator_.num_free();
+  free_state_slots_ = state_slots_.num_free();
+}
+
+void Scheduler::ReleaseResources(Sequence* seq) {
+  allocator_.Free(&seq->block_table);
+  if (seq->state_slot >= 0) {
+    state_slots_.Free(seq->state_slot);
+    seq->state_slot = -1;
+  }
 }
 
 Scheduler::~Scheduler() { AbortAll(absl::UnavailableError("engine shut down")); }
@@ -61,6 +74,8 @@ SchedulerStats Scheduler::Stats() const {
   SchedulerStats s;
   s.total_blocks = allocator_.num_blocks();
   s.free_blocks = free_blocks_;
+  s.total_state_slots = state_slots_.num_slots();
+  s.free_state_slots = free_state_slots_;
   s.running = running_count_;
   s.waiting = queued_count_;
   s.steps = steps_;
@@ -88,7 +103,7 @@ void Scheduler::DrainInbox() {
 }
 
 void Scheduler::Finish(SeqPtr seq, absl::Status status, FinishReason reason) {
-  allocator_.Free(&seq->block_table);
+  ReleaseResources(seq.get());
   RequestEvent event;
   event.final = true;
   event.status = std::move(status);
@@ -142,6 +157,11 @@ void Scheduler::Admit() {
     // preempted by its own growth on the next step.
     const int32_t need = kv_cache_.BlocksFor(static_cast<int64_t>(next.tokens.size()) + 1);
     if (need > allocator_.num_free()) break;
+    if (uses_state_) {
+      std::optional<int32_t> slot = state_slots_.Allocate();
+      if (!slot) break;
+      next.state_slot = *slot;
+    }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     std::lock_guard<std::mutex> lock(mu_);
@@ -154,6 +174,7 @@ void Scheduler::PublishCounters() {
   std::lock_guard<std::mutex> lock(mu_);
   running_count_ = static_cast<int32_t>(running_.size());
   free_blocks_ = allocator_.num_free();
+  free_state_slots_ = state_slots_.num_free();
 }
 
 bool Scheduler::EnsureBlocks(Sequence* seq, int32_t total_tokens,
@@ -178,7 +199,7 @@ bool Scheduler::PreemptOne(const Sequence* keep,
   if (victim < 0) return false;
   SeqPtr seq = std::move(running_[victim]);
   running_.erase(running_.begin() + victim);
-  allocator_.Free(&seq->block_table);
+  ReleaseResources(seq.get());
   seq->num_computed = 0;
   ++seq->usage.preemptions;
   auto pos = std::find_if(waiting_.begin(), waiting_.end(),
@@ -241,6 +262,8 @@ void Scheduler::Step() {
     meta.context_len = seq->num_computed + count;
     meta.block_table = seq->block_table.data();
     batch.sequences.push_back(meta);
+    batch.state_slots.push_back(seq->state_slot);
+    batch.state_fresh.push_back(seq->num_computed == 0 ? 1 : 0);
     const bool wants_logits = seq->num_computed + count == static_cast<int32_t>(seq->tokens.size());
     if (wants_logits) batch.logit_rows.push_back(start + count - 1);
     scheduled.push_back({seq, count, wants_logits});
@@ -250,7 +273,7 @@ void Scheduler::Step() {
     return;
   }
 
-  absl::Status status = model_->Forward(batch, &kv_cache_, &logits_);
+  absl::Status status = model_->Forward(batch, &kv_cache_, &state_cache_, &logits_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;

@@ -43,6 +43,8 @@ struct SchedulerOptions {
 struct SchedulerStats {
   int32_t total_blocks = 0;
   int32_t free_blocks = 0;
+  int32_t total_state_slots = 0;
+  int32_t free_state_slots = 0;
   int32_t running = 0;
   int32_t waiting = 0;
   uint64_t steps = 0;
@@ -52,7 +54,10 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache);
+  // state_cache may hold zero layers (models without linear attention); then sequences
+  // take no state slot.
+  Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache,
+            RecurrentStateCache state_cache);
   ~Scheduler();
 
   // Thread-safe. Takes a validated request; RESOURCE_EXHAUSTED when the queue is full,
@@ -79,6 +84,7 @@ class Scheduler {
     int32_t num_generated = 0;
     int32_t num_computed = 0;     // tokens whose K/V are in the cache
     std::vector<int32_t> block_table;
+    int32_t state_slot = -1;  // recurrent-state slot while running (hybrid models)
     uint64_t arrival = 0;
     std::unique_ptr<Sampler> sampler;
     UsageStats usage;
@@ -93,6 +99,8 @@ class Scheduler {
                     const absl::flat_hash_set<const Sequence*>& pinned);
   bool PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned);
   void PublishCounters();
+  // Returns a sequence's KV blocks and state slot to their pools.
+  void ReleaseResources(Sequence* seq);
   void Finish(SeqPtr seq, absl::Status status, FinishReason reason);
   bool QueueOrder(const Sequence& a, const Sequence& b) const;
 
@@ -100,6 +108,9 @@ class Scheduler {
   CausalLm* model_;
   PagedKvCache kv_cache_;
   KvBlockAllocator allocator_;
+  RecurrentStateCache state_cache_;
+  StateSlotPool state_slots_;
+  bool uses_state_ = false;
   std::vector<int32_t> eos_ids_;
 
   mutable std::mutex mu_;  // guards inbox_, draining_, counters read by Stats()
@@ -109,6 +120,7 @@ class Scheduler {
   int32_t queued_count_ = 0;  // inbox + waiting, for the queue limit
   int32_t running_count_ = 0;
   int32_t free_blocks_ = 0;
+  int32_t free_state_slots_ = 0;
   uint64_t steps_ = 0, preemptions_ = 0, finished_ = 0;
 
   // Engine thread only.

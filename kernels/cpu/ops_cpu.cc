@@ -90,6 +90,78 @@ void CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst) {
   }
 }
 
+void SigmoidGateInPlace(const Tensor& gate, Tensor* x) {
+  const int64_t rows = x->dim(0);
+  const int64_t width = x->dim(1);
+  const int64_t groups = gate.dim(1);
+  const int64_t r = width / groups;
+  const float* g = gate.data<float>();
+  float* d = x->data<float>();
+#pragma omp parallel for if (rows > 16)
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t i = 0; i < width; ++i) {
+      d[t * width + i] *= 1.0f / (1.0f + std::exp(-g[t * groups + i / r]));
+    }
+  }
+}
+
+void ClampInPlace(float limit, Tensor* x) {
+  float* d = x->data<float>();
+  for (int64_t i = 0; i < x->numel(); ++i) d[i] = std::min(limit, std::max(-limit, d[i]));
+}
+
+void RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts, Tensor* weights) {
+  const int64_t tokens = logits.dim(0);
+  const int64_t num_experts = logits.dim(1);
+  std::vector<float> probs(num_experts);
+  std::vector<int32_t> order(num_experts);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* l = logits.data<float>() + t * num_experts;
+    const float max_l = *std::max_element(l, l + num_experts);
+    float sum = 0.f;
+    for (int64_t e = 0; e < num_experts; ++e) sum += probs[e] = std::exp(l[e] - max_l);
+    for (int64_t e = 0; e < num_experts; ++e) {
+      probs[e] /= sum;
+      order[e] = static_cast<int32_t>(e);
+    }
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+      return probs[a] != probs[b] ? probs[a] > probs[b] : a < b;
+    });
+    float kept = 0.f;
+    for (int64_t i = 0; i < k; ++i) kept += probs[order[i]];
+    for (int64_t i = 0; i < k; ++i) {
+      experts->data<int32_t>()[t * k + i] = order[i];
+      weights->data<float>()[t * k + i] = renormalize ? probs[order[i]] / kept : probs[order[i]];
+    }
+  }
+}
+
+void ScaledScatterAdd(const Tensor& y, const Tensor& rows, const Tensor& scale, Tensor* out) {
+  const int64_t width = y.dim(1);
+  const int32_t* r = rows.data<int32_t>();
+  const float* s = scale.data<float>();
+  for (int64_t i = 0; i < y.dim(0); ++i) {
+    const float* src = y.data<float>() + i * width;
+    float* dst = out->data<float>() + static_cast<int64_t>(r[i]) * width;
+    for (int64_t j = 0; j < width; ++j) dst[j] += s[i] * src[j];
+  }
+}
+
+void DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias,
+                    Tensor* g, Tensor* beta) {
+  const int64_t tokens = a.dim(0);
+  const int64_t heads = a.dim(1);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t i = t * heads + h;
+      const float x = a.data<float>()[i] + dt_bias.data<float>()[h];
+      const float softplus = x > 20.f ? x : std::log1p(std::exp(x));
+      g->data<float>()[i] = -std::exp(a_log.data<float>()[h]) * softplus;
+      beta->data<float>()[i] = 1.f / (1.f + std::exp(-b.data<float>()[i]));
+    }
+  }
+}
+
 void AddInPlace(const Tensor& y, Tensor* x) {
   const int64_t n = x->numel();
   const float* src = y.data<float>();

@@ -16,6 +16,12 @@ void ApplyRotaryEmbedding(const Tensor& positions, const Tensor& cos_sin, int64_
                           Tensor* x);
 void SiluMul(const Tensor& gate_up, Tensor* out);
 void CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst);
+void SigmoidGateInPlace(const Tensor& gate, Tensor* x);
+void ClampInPlace(float limit, Tensor* x);
+void RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts, Tensor* weights);
+void ScaledScatterAdd(const Tensor& y, const Tensor& rows, const Tensor& scale, Tensor* out);
+void DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias,
+                    Tensor* g, Tensor* beta);
 void AddInPlace(const Tensor& y, Tensor* x);
 void GatherRows(const Tensor& x, const Tensor& rows, Tensor* out);
 void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor* k_cache,

@@ -42,6 +42,10 @@ class ModelGoldenTest : public ::testing::TestWithParam<Case> {
     shape.num_blocks = 256;
     auto cache = PagedKvCache::Create(shape, kernels::Device::kCpu);
     EXPECT_TRUE(cache.ok());
+    auto state_shape = model_->StateShape();
+    state_shape.num_slots = static_cast<int32_t>(prompts.size()) + 1;
+    auto state = engine::RecurrentStateCache::Create(state_shape, kernels::Device::kCpu);
+    EXPECT_TRUE(state.ok());
     ForwardBatch batch;
     std::vector<std::vector<int32_t>> tables(prompts.size());
     int32_t next_block = 255;  // hand out blocks in descending order: tables are not trivial
@@ -63,9 +67,11 @@ class ModelGoldenTest : public ::testing::TestWithParam<Case> {
       meta.context_len = static_cast<int32_t>(ids.size());
       meta.block_table = tables[s].data();
       batch.sequences.push_back(meta);
+      batch.state_slots.push_back(static_cast<int32_t>(s) + 1);  // slot 0 left unused on purpose
+      batch.state_fresh.push_back(1);
     }
     std::vector<float> logits;
-    auto status = model_->Forward(batch, &*cache, &logits);
+    auto status = model_->Forward(batch, &*cache, &*state, &logits);
     EXPECT_TRUE(status.ok()) << status;
     return logits;
   }
@@ -166,7 +172,14 @@ TEST_P(ModelGoldenTest, GreedyContinuationsMatchAloneAndConcurrently) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelGoldenTest,
                          ::testing::Values(Case{"llama_f32", 1e-4f}, Case{"llama_bf16", 2e-2f},
                                            Case{"llama_sharded_f32", 1e-4f},
-                                           Case{"qwen3_f32", 1e-4f}, Case{"qwen3_bf16", 2e-2f}),
+                                           Case{"qwen3_f32", 1e-4f}, Case{"qwen3_bf16", 2e-2f},
+                                           Case{"qwen3_moe_f32", 1e-4f}, Case{"qwen3_moe_bf16", 2e-2f},
+                                           Case{"mixtral_f32", 1e-4f},
+                                           Case{"mixtral_fused_experts_f32", 1e-4f},
+                                           Case{"olmoe_f32", 1e-4f}, Case{"qwen3_next_f32", 1e-4f},
+                                           Case{"qwen3_next_bf16", 2e-2f}, Case{"qwen3_5_f32", 1e-4f},
+                                           Case{"qwen3_5_moe_f32", 1e-4f},
+                                           Case{"qwen3_5_vl_wrapper_f32", 1e-4f}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -1,0 +1,90 @@
+// Compute ops of the Gated DeltaNet mixer (the linear-attention layers of Qwen3-Next and
+// Qwen3.5): the short causal convolution, the gated delta rule (chunked prefill and
+// recurrent decode) and the gated RMSNorm on its output.
+//
+// The math follows /work/shared/notes/architectures.md ("Gated DeltaNet") and Hugging
+// Face transformers' qwen3_next module (causal_conv1d_update, torch_chunk_gated_delta_rule,
+// torch_recurrent_gated_delta_rule, l2norm, Qwen3NextRMSNormGated), which the tests use as
+// the oracle. gated_delta_net.cc checks arguments and dispatches; cpu/gated_delta_net_cpu.cc
+// holds the reference bodies.
+//
+// Batches are ragged: the tokens of all sequences are packed back to back along dim 0,
+// and each sequence owns one slot of the persistent state tensors (the conv tail and the
+// recurrent state), picked by LinearAttentionSequence::state_slot.
+#ifndef SLUICE_KERNELS_GATED_DELTA_NET_H_
+#define SLUICE_KERNELS_GATED_DELTA_NET_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "kernels/tensor.h"
+
+namespace sluice::kernels {
+
+// One sequence of a ragged linear-attention batch: its tokens this step are rows
+// [start, start + length) of the packed inputs and outputs, and its state lives in row
+// state_slot of the state tensors. Segments must not overlap and slots must be distinct
+// within one call (each sequence's state is read and written once per call).
+struct LinearAttentionSequence {
+  int32_t start = 0;
+  int32_t length = 0;
+  int32_t state_slot = 0;
+  // True for a new sequence: the op treats the slot's state as zeros (whatever the slot
+  // holds) and overwrites it. False continues from the stored state (decode, or the next
+  // chunk of a prefill split across engine steps).
+  bool zero_initial_state = false;
+};
+
+// Depthwise causal conv1d over C channels with kernel size K (no bias), then SiLU:
+//   y[t, c] = silu( Σ_{j=0}^{K-1} w[c, j] · xpad[t + j, c] ),  xpad = [state (K-1 rows); x]
+// per sequence, which is transformers' causal_conv1d_update (and causal_conv1d_fn with
+// zero state). Afterwards each sequence's state holds the last K-1 rows of xpad, so a
+// segment shorter than K-1 keeps the newest part of the older state.
+//   x:          f32 [T, C]           tokens of all sequences, packed
+//   weight:     f32 [C, K]           HF's conv1d.weight [C, 1, K] with the 1 dropped
+//   conv_state: f32 [num_slots, C, K-1]   column K-2 is the newest input (HF keeps K
+//                                         columns; the oldest one never reaches an output)
+//   y:          f32 [T, C]; may be the same tensor as x (in place).
+absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
+                              absl::Span<const LinearAttentionSequence> sequences,
+                              Tensor* conv_state, Tensor* y);
+
+// Which algorithm GatedDeltaRule runs per sequence. Both give the same result up to fp32
+// rounding; kAuto is the one to use in serving, the explicit ones exist for tests.
+enum class GatedDeltaRuleMode {
+  kAuto,       // recurrent for length-1 segments (decode), chunked for longer ones
+  kRecurrent,  // token by token (torch_recurrent_gated_delta_rule)
+  kChunked,    // chunks of kGatedDeltaRuleChunk tokens, WY/UT form (torch_chunk_gated_delta_rule)
+};
+
+inline constexpr int kGatedDeltaRuleChunk = 64;
+
+// The gated delta rule with in-kernel q/k L2 normalisation (transformers'
+// use_qk_l2norm_in_kernel=True). Per value head h, with key head h / (H_v / H_k) (GVA,
+// as repeat_interleave would give) and state S of shape [d_k, d_v] in fp32:
+//   q ← l2norm(q) / √d_k,  k ← l2norm(k),  l2norm(x) = x · rsqrt(Σx² + 1e-6)
+//   S ← exp(g_t) S;  δ = β_t (v_t − Sᵀ k_t);  S ← S + k_t δᵀ;  o_t = Sᵀ q_t
+//   q, k:  f32 [T, H_k, d_k]
+//   v:     f32 [T, H_v, d_v]       H_v must be a multiple of H_k
+//   g:     f32 [T, H_v]            log decay, ≤ 0
+//   beta:  f32 [T, H_v]            in (0, 1)
+//   state: f32 [num_slots, H_v, d_k, d_v]   read (unless zero_initial_state) and replaced
+//                                            by each sequence's final state
+//   out:   f32 [T, H_v, d_v]; must not alias the inputs.
+absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                            const Tensor& beta,
+                            absl::Span<const LinearAttentionSequence> sequences, Tensor* state,
+                            Tensor* out, GatedDeltaRuleMode mode = GatedDeltaRuleMode::kAuto);
+
+// The gated RMSNorm on the Gated DeltaNet output (transformers' Qwen3NextRMSNormGated,
+// norm before gate, weight applied directly, not 1 + w), over the last dimension D:
+//   y = w ⊙ (x · rsqrt(mean(x²) + eps)) ⊙ silu(z)
+//   x, z, out: f32 [..., D] of the same shape (typically [T, H_v, d_v]); out may be x.
+//   weight:    f32 [D]
+absl::Status GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps,
+                          Tensor* out);
+
+}  // namespace sluice::kernels
+
+#endif  // SLUICE_KERNELS_GATED_DELTA_NET_H_
