@@ -24,6 +24,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
       options.max_queue < 0) {
     return absl::InvalidArgumentError("block_size, max_num_seqs and max_num_batched_tokens must be > 0");
   }
+  // The fairness rule (the oldest admitted prompt gets a chunk every step) needs room for
+  // every running decode plus one prompt token.
+  if (options.max_num_batched_tokens <= options.max_num_seqs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_num_batched_tokens (", options.max_num_batched_tokens, ") must exceed max_num_seqs (",
+        options.max_num_seqs, ")"));
+  }
 
   // The memory budget holds one recurrent-state slot per running sequence (hybrid models)
   // and, in what is left, the paged KV cache.

@@ -64,8 +64,8 @@ absl::Status CheckSequences(absl::string_view op,
     const int64_t end = static_cast<int64_t>(s.start) + s.length;
     if (s.start < 0 || s.length < 0 || end > tokens) {
       return absl::InvalidArgumentError(absl::StrCat(op, ": sequence ", i, " covers rows [",
-                                                     s.start, ", ", end, ") outside [0, ",
-                                                     tokens, ")"));
+                                                     s.start, ", ", end, ") outside [0, ", tokens,
+                                                     ")"));
     }
     if (s.state_slot < 0 || s.state_slot >= num_slots) {
       return absl::OutOfRangeError(absl::StrCat(op, ": sequence ", i, " uses state slot ",
@@ -96,58 +96,56 @@ absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
   constexpr absl::string_view kOp = "CausalConv1dSilu";
   if (conv_state == nullptr || y == nullptr) return Expect(false, kOp, "null output");
   SLUICE_RETURN_IF_ERROR(CheckTensors(kOp, {&x, &weight, conv_state, y}));
-  SLUICE_RETURN_IF_ERROR(Expect(x.rank() == 2 && y->shape() == x.shape(), kOp,
-                                "x and y must be [T, C] of one shape"));
-  SLUICE_RETURN_IF_ERROR(Expect(weight.rank() == 2 && weight.dim(0) == x.dim(1) &&
-                                    weight.dim(1) >= 1,
-                                kOp, "weight must be [C, K] with K >= 1"));
+  SLUICE_RETURN_IF_ERROR(
+      Expect(x.rank() == 2 && y->shape() == x.shape(), kOp, "x and y must be [T, C] of one shape"));
+  SLUICE_RETURN_IF_ERROR(
+      Expect(weight.rank() == 2 && weight.dim(0) == x.dim(1) && weight.dim(1) >= 1, kOp,
+             "weight must be [C, K] with K >= 1"));
   const int64_t channels = x.dim(1);
   const int64_t kernel = weight.dim(1);
-  SLUICE_RETURN_IF_ERROR(Expect(conv_state->rank() == 3 && conv_state->dim(1) == channels &&
-                                    conv_state->dim(2) == kernel - 1,
-                                kOp,
-                                absl::StrCat("conv_state must be [num_slots, C, K-1] = [*, ",
-                                             channels, ", ", kernel - 1, "], got ",
-                                             ShapeString(conv_state->shape()))));
+  SLUICE_RETURN_IF_ERROR(Expect(
+      conv_state->rank() == 3 && conv_state->dim(1) == channels && conv_state->dim(2) == kernel - 1,
+      kOp,
+      absl::StrCat("conv_state must be [num_slots, C, K-1] = [*, ", channels, ", ", kernel - 1,
+                   "], got ", ShapeString(conv_state->shape()))));
   // y may be x itself (the body handles that) but no other overlap.
   const bool in_place = y->raw() == x.raw();
-  SLUICE_RETURN_IF_ERROR(Expect(
-      (in_place || !Overlap(x, *y)) && !Overlap(*conv_state, x) && !Overlap(*conv_state, *y) &&
-          !Overlap(weight, *y) && !Overlap(weight, *conv_state),
-      kOp, "outputs overlap the inputs (only y == x is allowed)"));
+  SLUICE_RETURN_IF_ERROR(Expect((in_place || !Overlap(x, *y)) && !Overlap(*conv_state, x) &&
+                                    !Overlap(*conv_state, *y) && !Overlap(weight, *y) &&
+                                    !Overlap(weight, *conv_state),
+                                kOp, "outputs overlap the inputs (only y == x is allowed)"));
   SLUICE_RETURN_IF_ERROR(CheckSequences(kOp, sequences, x.dim(0), conv_state->dim(0)));
   cpu::CausalConv1dSilu(x, weight, sequences, conv_state, y);
   return absl::OkStatus();
 }
 
 absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                            const Tensor& beta,
-                            absl::Span<const LinearAttentionSequence> sequences, Tensor* state,
-                            Tensor* out, GatedDeltaRuleMode mode) {
+                            const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
+                            Tensor* state, Tensor* out, GatedDeltaRuleMode mode) {
   constexpr absl::string_view kOp = "GatedDeltaRule";
   if (state == nullptr || out == nullptr) return Expect(false, kOp, "null output");
   SLUICE_RETURN_IF_ERROR(CheckTensors(kOp, {&q, &k, &v, &g, &beta, state, out}));
-  SLUICE_RETURN_IF_ERROR(Expect(q.rank() == 3 && k.shape() == q.shape() && v.rank() == 3 &&
-                                    v.dim(0) == q.dim(0),
-                                kOp, "q, k must be [T, H_k, d_k] and v [T, H_v, d_v]"));
+  SLUICE_RETURN_IF_ERROR(
+      Expect(q.rank() == 3 && k.shape() == q.shape() && v.rank() == 3 && v.dim(0) == q.dim(0), kOp,
+             "q, k must be [T, H_k, d_k] and v [T, H_v, d_v]"));
   const int64_t tokens = q.dim(0);
   const int64_t key_heads = q.dim(1);
   const int64_t head_k_dim = q.dim(2);
   const int64_t value_heads = v.dim(1);
   const int64_t head_v_dim = v.dim(2);
-  SLUICE_RETURN_IF_ERROR(Expect(key_heads > 0 && value_heads % key_heads == 0 &&
-                                    head_k_dim > 0 && head_v_dim > 0,
-                                kOp, "H_v must be a positive multiple of H_k"));
-  SLUICE_RETURN_IF_ERROR(Expect(g.rank() == 2 && g.dim(0) == tokens && g.dim(1) == value_heads &&
-                                    beta.shape() == g.shape(),
-                                kOp, "g and beta must be [T, H_v]"));
-  SLUICE_RETURN_IF_ERROR(Expect(out->shape() == v.shape(), kOp, "out must be [T, H_v, d_v]"));
+  SLUICE_RETURN_IF_ERROR(
+      Expect(key_heads > 0 && value_heads % key_heads == 0 && head_k_dim > 0 && head_v_dim > 0, kOp,
+             "H_v must be a positive multiple of H_k"));
   SLUICE_RETURN_IF_ERROR(Expect(
-      state->rank() == 4 && state->dim(1) == value_heads && state->dim(2) == head_k_dim &&
-          state->dim(3) == head_v_dim,
-      kOp,
-      absl::StrCat("state must be [num_slots, H_v, d_k, d_v] = [*, ", value_heads, ", ",
-                   head_k_dim, ", ", head_v_dim, "], got ", ShapeString(state->shape()))));
+      g.rank() == 2 && g.dim(0) == tokens && g.dim(1) == value_heads && beta.shape() == g.shape(),
+      kOp, "g and beta must be [T, H_v]"));
+  SLUICE_RETURN_IF_ERROR(Expect(out->shape() == v.shape(), kOp, "out must be [T, H_v, d_v]"));
+  SLUICE_RETURN_IF_ERROR(
+      Expect(state->rank() == 4 && state->dim(1) == value_heads && state->dim(2) == head_k_dim &&
+                 state->dim(3) == head_v_dim,
+             kOp,
+             absl::StrCat("state must be [num_slots, H_v, d_k, d_v] = [*, ", value_heads, ", ",
+                          head_k_dim, ", ", head_v_dim, "], got ", ShapeString(state->shape()))));
   for (const Tensor* input : {&q, &k, &v, &g, &beta}) {
     SLUICE_RETURN_IF_ERROR(Expect(!Overlap(*input, *out) && !Overlap(*input, *state), kOp,
                                   "out and state must not overlap the inputs"));

@@ -73,9 +73,9 @@ inline constexpr int kGatedDeltaRuleChunk = 64;
 //                                            by each sequence's final state
 //   out:   f32 [T, H_v, d_v]; must not alias the inputs.
 absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                            const Tensor& beta,
-                            absl::Span<const LinearAttentionSequence> sequences, Tensor* state,
-                            Tensor* out, GatedDeltaRuleMode mode = GatedDeltaRuleMode::kAuto);
+                            const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
+                            Tensor* state, Tensor* out,
+                            GatedDeltaRuleMode mode = GatedDeltaRuleMode::kAuto);
 
 // The gated RMSNorm on the Gated DeltaNet output (transformers' Qwen3NextRMSNormGated,
 // norm before gate, weight applied directly, not 1 + w), over the last dimension D:

@@ -464,11 +464,32 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   info->set_total_parameters(c.TotalParameters());
   info->set_active_parameters(c.ActiveParameters());
   for (const auto& t : c.layer_types) info->add_layer_types(t);
+  info->set_num_experts(c.moe.num_experts);
+  info->set_experts_per_token(c.moe.experts_per_token);
+  for (const auto& part : c.not_served) info->add_not_served(part);
   info->set_model_path(m->model_dir);
   info->set_has_tokenizer(m->tokenizer != nullptr);
   info->set_bos_token_id(c.bos_token_id.value_or(-1));
   for (int32_t id : c.eos_token_ids) info->add_eos_token_ids(id);
   info->set_device(std::string(kernels::DeviceName(m->engine->model().device())));
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* GenerationService::GetEngineStats(grpc::CallbackServerContext* context,
+                                                            const v1::GetEngineStatsRequest* request,
+                                                            v1::EngineStats* out) {
+  ServingModel* m = model();
+  if (m == nullptr) return FinishNow(context, NotReady());
+  const engine::SchedulerStats s = m->engine->Stats();
+  out->set_running(s.running);
+  out->set_waiting(s.waiting);
+  out->set_total_kv_blocks(s.total_blocks);
+  out->set_free_kv_blocks(s.free_blocks);
+  out->set_total_state_slots(s.total_state_slots);
+  out->set_free_state_slots(s.free_state_slots);
+  out->set_steps(s.steps);
+  out->set_preemptions(s.preemptions);
+  out->set_finished(s.finished);
   return FinishNow(context, absl::OkStatus());
 }
 

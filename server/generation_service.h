@@ -43,6 +43,9 @@ class GenerationService final : public v1::Generation::CallbackService {
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* GetEngineStats(grpc::CallbackServerContext* context,
+                                           const v1::GetEngineStatsRequest* request,
+                                           v1::EngineStats* response) override;
 
  private:
   ServingModel* model() const { return model_.load(std::memory_order_acquire); }

@@ -150,8 +150,8 @@ int main(int argc, char** argv) {
     result.name = name;
     const Clock::time_point load_start = Clock::now();
     absl::StatusOr<std::unique_ptr<sluice::tokenizer::Tokenizer>> tok =
-        sluice::tokenizer::Tokenizer::LoadFromDirectory(absl::GetFlag(FLAGS_tokenizers_dir) +
-                                                        "/" + name);
+        sluice::tokenizer::Tokenizer::LoadFromDirectory(absl::GetFlag(FLAGS_tokenizers_dir) + "/" +
+                                                        name);
     result.load_s = Seconds(load_start);
     if (!tok.ok()) {
       std::printf("%-12s load failed: %s\n", name.c_str(), tok.status().ToString().c_str());
@@ -184,11 +184,10 @@ int main(int argc, char** argv) {
     std::printf("HF peer skipped (%s)\n", peer.empty() ? "--hf_peer empty" : "script not found");
     return 0;
   }
-  const std::string command =
-      absl::StrCat(absl::GetFlag(FLAGS_python), " '", peer, "' --corpus '",
-                   absl::GetFlag(FLAGS_corpus_out), "' --tokenizers '",
-                   absl::GetFlag(FLAGS_tokenizers_dir), "' --names '", absl::GetFlag(FLAGS_names),
-                   "' --passes ", absl::GetFlag(FLAGS_passes));
+  const std::string command = absl::StrCat(
+      absl::GetFlag(FLAGS_python), " '", peer, "' --corpus '", absl::GetFlag(FLAGS_corpus_out),
+      "' --tokenizers '", absl::GetFlag(FLAGS_tokenizers_dir), "' --names '",
+      absl::GetFlag(FLAGS_names), "' --passes ", absl::GetFlag(FLAGS_passes));
   std::printf("running HF peer: %s\n", command.c_str());
   std::fflush(stdout);
   FILE* pipe = popen(command.c_str(), "r");

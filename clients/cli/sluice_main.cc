@@ -117,7 +117,7 @@ void PrintUsage(const v1::Usage& u, v1::FinishReason reason) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "sluice [--server HOST:PORT] generate|stream|info|health|tokenize|detokenize [TEXT]\n"
+      "sluice [--server HOST:PORT] generate|stream|info|stats|health|tokenize|detokenize [TEXT]\n"
       "  generate/stream read the prompt from TEXT, --tokens, or stdin.");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
@@ -174,6 +174,15 @@ int main(int argc, char** argv) {
     grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
     if (!s.ok()) return Fail(s);
     std::cout << info.DebugString();
+    return 0;
+  }
+  if (command == "stats") {
+    v1::EngineStats stats;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    grpc::Status s = stub->GetEngineStats(&ctx, v1::GetEngineStatsRequest(), &stats);
+    if (!s.ok()) return Fail(s);
+    std::cout << stats.DebugString();
     return 0;
   }
   if (command == "health") {

@@ -13,16 +13,17 @@
 #include "engine/config/model_config.h"
 #include "engine/model/blocks.h"
 #include "engine/model/forward_batch.h"
+#include "engine/model/language_model.h"
 #include "kernels/tensor.h"
 
 namespace sluice::engine {
 
-class CausalLm {
+class CausalLm : public LanguageModel {
  public:
   static absl::StatusOr<std::unique_ptr<CausalLm>> Load(const std::string& dir,
                                                         kernels::Device device);
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const override { return config_; }
   kernels::Device device() const { return device_; }
   // Shape of the KV cache this model needs (num_blocks left to the caller).
   KvCacheShape KvShape(int32_t block_size) const;
@@ -35,10 +36,10 @@ class CausalLm {
   // Runs one ragged batch. Writes f32 logits [batch.logit_rows.size(), vocab] to
   // `logits` (host memory, resized here).
   absl::Status Forward(const ForwardBatch& batch, PagedKvCache* kv_cache,
-                       RecurrentStateCache* state_cache, std::vector<float>* logits);
+                       RecurrentStateCache* state_cache, std::vector<float>* logits) override;
 
   // FLOPs of `tokens` new tokens of one sequence whose context grows from `past`.
-  double DenseFlops(int64_t past, int64_t tokens) const;
+  double DenseFlops(int64_t past, int64_t tokens) const override;
   // Bytes of weights one decode step reads (for bandwidth figures).
   uint64_t WeightBytesPerToken() const;
 

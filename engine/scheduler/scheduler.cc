@@ -7,7 +7,7 @@
 
 namespace sluice::engine {
 
-Scheduler::Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache,
+Scheduler::Scheduler(const SchedulerOptions& options, LanguageModel* model, PagedKvCache kv_cache,
                      RecurrentStateCache state_cache)
     : options_(options),
       model_(model),

@@ -26,7 +26,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "engine/cache/kv_cache.h"
-#include "engine/model/causal_lm.h"
+#include "engine/model/language_model.h"
 #include "engine/request.h"
 #include "engine/sampling/sampler.h"
 
@@ -56,7 +56,7 @@ class Scheduler {
  public:
   // state_cache may hold zero layers (models without linear attention); then sequences
   // take no state slot.
-  Scheduler(const SchedulerOptions& options, CausalLm* model, PagedKvCache kv_cache,
+  Scheduler(const SchedulerOptions& options, LanguageModel* model, PagedKvCache kv_cache,
             RecurrentStateCache state_cache);
   ~Scheduler();
 
@@ -105,7 +105,7 @@ class Scheduler {
   bool QueueOrder(const Sequence& a, const Sequence& b) const;
 
   SchedulerOptions options_;
-  CausalLm* model_;
+  LanguageModel* model_;
   PagedKvCache kv_cache_;
   KvBlockAllocator allocator_;
   RecurrentStateCache state_cache_;

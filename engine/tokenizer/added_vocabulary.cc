@@ -170,9 +170,8 @@ absl::Status AddedVocabulary::ExtractAndNormalize(std::string_view text,
       if (span.token_index >= 0) {
         out->push_back(AddedSplit{tokens_[span.token_index].id, Piece{}});
       } else {
-        out->push_back(AddedSplit{
-            -1, Piece{piece.substr(span.begin, span.end - span.begin),
-                      at_origin && span.begin == 0}});
+        out->push_back(AddedSplit{-1, Piece{piece.substr(span.begin, span.end - span.begin),
+                                            at_origin && span.begin == 0}});
       }
     }
   }

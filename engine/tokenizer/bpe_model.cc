@@ -64,7 +64,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
   int64_t max_id = -1;
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
     if (!it->is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat("vocab id of \"", it.key(), "\" is not an integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("vocab id of \"", it.key(), "\" is not an integer"));
     }
     const int64_t id = it->get<int64_t>();
     if (id < 0 || id >= (int64_t{1} << 31) - 1) {
@@ -97,7 +98,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
         const std::string& line = merge.get_ref<const std::string&>();
         const size_t space = line.find(' ');
         if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos) {
-          return absl::InvalidArgumentError(absl::StrCat("bad merge #", rank + 1, ": \"", line, "\""));
+          return absl::InvalidArgumentError(
+              absl::StrCat("bad merge #", rank + 1, ": \"", line, "\""));
         }
         left = line.substr(0, space);
         right = line.substr(space + 1);

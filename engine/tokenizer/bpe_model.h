@@ -25,7 +25,7 @@ class BpeModel {
   // "a b" strings or ["a", "b"] pairs. cache_capacity bounds the word cache
   // (0 disables it).
   static absl::StatusOr<std::unique_ptr<BpeModel>> FromJson(const nlohmann::json& model,
-                                                             size_t cache_capacity);
+                                                            size_t cache_capacity);
 
   // Appends the ids of one pre-tokenized word. Errors only when the model
   // needs its unk_token and that token is not in the vocabulary (as

@@ -259,7 +259,8 @@ bool DecoderHasByteFallback(const nlohmann::json& json) {
 absl::StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const nlohmann::json& json) {
   if (json.is_null()) return std::unique_ptr<Decoder>();
   absl::StatusOr<std::string> type = GetString(json, "type");
-  if (!type.ok()) return absl::InvalidArgumentError(absl::StrCat("decoder: ", type.status().message()));
+  if (!type.ok())
+    return absl::InvalidArgumentError(absl::StrCat("decoder: ", type.status().message()));
   if (*type == "ByteLevel") return std::make_unique<ByteLevelDecoder>();
   if (*type == "Metaspace") {
     absl::StatusOr<char32_t> replacement =

@@ -13,8 +13,7 @@ constexpr char kReplacementChar[] = "\xEF\xBF\xBD";
 
 }  // namespace
 
-IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tokenizer,
-                                               bool skip_special_tokens)
+IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens)
     : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
 
 absl::StatusOr<std::string> IncrementalDetokenizer::DecodeRange(size_t begin, size_t end) const {
@@ -25,8 +24,8 @@ absl::StatusOr<std::string> IncrementalDetokenizer::DecodeRange(size_t begin, si
 absl::StatusOr<std::string> IncrementalDetokenizer::Push(int32_t id) {
   // Validate first so that a bad id never enters the window.
   if (id < 0 || id >= tokenizer_.vocab_size()) {
-    return absl::OutOfRangeError(absl::StrCat("token id ", id, " is outside [0, ",
-                                              tokenizer_.vocab_size(), ")"));
+    return absl::OutOfRangeError(
+        absl::StrCat("token id ", id, " is outside [0, ", tokenizer_.vocab_size(), ")"));
   }
   if (!tokenizer_.IdToToken(id).has_value()) {
     return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is unassigned"));

@@ -15,7 +15,9 @@
 namespace sluice::tokenizer::internal {
 
 inline absl::StatusOr<std::string> GetString(const nlohmann::json& obj, std::string_view key) {
-  if (!obj.is_object()) return absl::InvalidArgumentError(absl::StrCat("expected an object around \"", AsAbsl(key), "\""));
+  if (!obj.is_object())
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected an object around \"", AsAbsl(key), "\""));
   auto it = obj.find(key);
   if (it == obj.end() || !it->is_string()) {
     return absl::InvalidArgumentError(absl::StrCat("missing string field \"", AsAbsl(key), "\""));
@@ -44,7 +46,8 @@ inline absl::StatusOr<int64_t> GetIntOr(const nlohmann::json& obj, std::string_v
   auto it = obj.find(key);
   if (it == obj.end() || it->is_null()) return fallback;
   if (!it->is_number_integer()) {
-    return absl::InvalidArgumentError(absl::StrCat("field \"", AsAbsl(key), "\" must be an integer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("field \"", AsAbsl(key), "\" must be an integer"));
   }
   return it->get<int64_t>();
 }

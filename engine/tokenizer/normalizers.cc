@@ -1,12 +1,12 @@
 #include "engine/tokenizer/normalizers.h"
 
-#include <string>
-#include <utility>
-#include <vector>
-
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
+
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -186,7 +186,8 @@ class SequenceNormalizer final : public Normalizer {
 absl::StatusOr<std::unique_ptr<Normalizer>> NormalizerFromJson(const nlohmann::json& json) {
   if (json.is_null()) return std::unique_ptr<Normalizer>();
   absl::StatusOr<std::string> type = GetString(json, "type");
-  if (!type.ok()) return absl::InvalidArgumentError(absl::StrCat("normalizer: ", type.status().message()));
+  if (!type.ok())
+    return absl::InvalidArgumentError(absl::StrCat("normalizer: ", type.status().message()));
   if (*type == "NFC") return MakeUnicodeNormalizer(UnicodeForm::kNfc);
   if (*type == "NFKC") return MakeUnicodeNormalizer(UnicodeForm::kNfkc);
   if (*type == "NFD") return MakeUnicodeNormalizer(UnicodeForm::kNfd);

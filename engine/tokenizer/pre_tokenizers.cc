@@ -219,16 +219,16 @@ class MetaspacePreTokenizer final : public PreTokenizer {
     return ForEachPiece(pieces, [&](const Piece& piece, std::vector<Piece>* out) {
       Piece p{absl::StrReplaceAll(piece.text, {{" ", replacement_utf8_}}), piece.at_origin};
       const bool starts_with_replacement = p.text.rfind(replacement_utf8_, 0) == 0;
-      if (!starts_with_replacement &&
-          (scheme_ == PrependScheme::kAlways ||
-           (scheme_ == PrependScheme::kFirst && piece.at_origin))) {
+      if (!starts_with_replacement && (scheme_ == PrependScheme::kAlways ||
+                                       (scheme_ == PrependScheme::kFirst && piece.at_origin))) {
         p.text.insert(0, replacement_utf8_);
       }
       if (!split_) {
         if (!p.text.empty()) out->push_back(std::move(p));
         return absl::OkStatus();
       }
-      CharMatches(p.text, [this](char32_t cp) { return cp == replacement_; }, &matches);
+      CharMatches(
+          p.text, [this](char32_t cp) { return cp == replacement_; }, &matches);
       SplitByMatches(p, matches, /*invert=*/false, Behavior::kMergedWithNext, out);
       return absl::OkStatus();
     });
@@ -364,9 +364,9 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizerFromJson(const nlohman
     // `tokenizers` runs \w+|[^\w\s]+ through the Rust regex crate here, not
     // Oniguruma: its \w adds Join_Control (ZWJ/ZWNJ) and lacks Oniguruma's
     // Latin-1 extras, so spell the classes out.
-    absl::StatusOr<std::unique_ptr<Regex>> compiled = Regex::Compile(
-        R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]+)"
-        R"(|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}\p{White_Space}]+)");
+    absl::StatusOr<std::unique_ptr<Regex>> compiled =
+        Regex::Compile(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]+)"
+                       R"(|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}\p{White_Space}]+)");
     if (!compiled.ok()) return compiled.status();
     // `tokenizers` splits with Invert(pattern) + Removed: keep only matches.
     return std::make_unique<SplitPreTokenizer>("", *std::move(compiled), Behavior::kRemoved,

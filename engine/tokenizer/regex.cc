@@ -124,8 +124,9 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern) 
   PCRE2_SIZE error_offset = 0;
   // UCP makes \s, \w, \d and POSIX classes Unicode-aware like Oniguruma's.
   const std::string translated = TranslateOnigPattern(pattern);
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                    PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
   if (code == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("bad regex \"", AsAbsl(pattern), "\" at offset ",
                                                    error_offset, ": ", ErrorMessage(error_code)));
@@ -151,15 +152,13 @@ absl::Status Regex::FindAll(std::string_view text,
   while (offset <= text.size()) {
     // The text was validated once up front; rechecking per call would make
     // matching quadratic on long inputs.
-    const int rc =
-        jit_ ? pcre2_jit_match(code, subject, text.size(), offset, PCRE2_NO_UTF_CHECK,
-                               state.match_data, state.match_context)
-             : pcre2_match(code, subject, text.size(), offset, PCRE2_NO_UTF_CHECK,
-                           state.match_data, state.match_context);
+    const int rc = jit_ ? pcre2_jit_match(code, subject, text.size(), offset, PCRE2_NO_UTF_CHECK,
+                                          state.match_data, state.match_context)
+                        : pcre2_match(code, subject, text.size(), offset, PCRE2_NO_UTF_CHECK,
+                                      state.match_data, state.match_context);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("regex match failed: ", ErrorMessage(rc)));
+      return absl::ResourceExhaustedError(absl::StrCat("regex match failed: ", ErrorMessage(rc)));
     }
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(state.match_data);
     const size_t begin = ovector[0];

@@ -33,8 +33,7 @@ using nlohmann::json;
 
 std::string ErrorLine(std::string_view message) {
   // dump() with the replace handler cannot throw on our own messages.
-  return json{{"error", std::string(message)}}.dump(-1, ' ', false,
-                                                    json::error_handler_t::replace);
+  return json{{"error", std::string(message)}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::string ProcessLine(const sluice::tokenizer::Tokenizer& tokenizer, const std::string& line,
@@ -62,7 +61,8 @@ std::string ProcessLine(const sluice::tokenizer::Tokenizer& tokenizer, const std
     return json{{"text", *text}}.dump(-1, ' ', false, json::error_handler_t::replace);
   }
   auto text_it = input.find("text");
-  if (text_it == input.end() || !text_it->is_string()) return ErrorLine("expected \"text\": \"...\"");
+  if (text_it == input.end() || !text_it->is_string())
+    return ErrorLine("expected \"text\": \"...\"");
   absl::StatusOr<std::vector<int32_t>> ids =
       tokenizer.Encode(text_it->get_ref<const std::string&>(), add_special_tokens);
   if (!ids.ok()) return ErrorLine(ids.status().ToString());

@@ -24,7 +24,8 @@ absl::StatusOr<json> ParseJson(std::string_view text, std::string_view what) {
   try {
     return json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot parse ", internal::AsAbsl(what), ": ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot parse ", internal::AsAbsl(what), ": ", e.what()));
   }
 }
 
@@ -163,10 +164,9 @@ absl::StatusOr<std::unique_ptr<TokenizerImpl>> TokenizerImpl::Create(
       impl->is_byte_fallback_token_.assign(static_cast<size_t>(limit), false);
       for (int32_t id = 0; id < limit; ++id) {
         const std::string* token = impl->IdToToken(id);
-        impl->is_byte_fallback_token_[id] = token != nullptr && token->size() == 6 &&
-                                            token->compare(0, 3, "<0x") == 0 &&
-                                            (*token)[5] == '>' && std::isxdigit((*token)[3]) &&
-                                            std::isxdigit((*token)[4]);
+        impl->is_byte_fallback_token_[id] =
+            token != nullptr && token->size() == 6 && token->compare(0, 3, "<0x") == 0 &&
+            (*token)[5] == '>' && std::isxdigit((*token)[3]) && std::isxdigit((*token)[4]);
       }
     }
   } catch (const json::exception& e) {
@@ -182,7 +182,8 @@ absl::Status TokenizerImpl::LoadConfig(std::string_view config_json,
                                        const TokenizerOptions& options) {
   absl::StatusOr<json> config = ParseJson(config_json, "tokenizer_config.json");
   if (!config.ok()) return config.status();
-  if (!config->is_object()) return absl::InvalidArgumentError("tokenizer_config.json must be an object");
+  if (!config->is_object())
+    return absl::InvalidArgumentError("tokenizer_config.json must be an object");
   try {
     if (std::optional<std::string> bos = ConfigTokenName(*config, "bos_token")) {
       bos_id_ = TokenToId(*bos);
@@ -209,7 +210,8 @@ absl::Status TokenizerImpl::LoadConfig(std::string_view config_json,
 }
 
 std::optional<int32_t> TokenizerImpl::TokenToId(std::string_view token) const {
-  if (auto it = added_token_to_id_.find(internal::AsAbsl(token)); it != added_token_to_id_.end()) return it->second;
+  if (auto it = added_token_to_id_.find(internal::AsAbsl(token)); it != added_token_to_id_.end())
+    return it->second;
   return model_->TokenToId(token);
 }
 
@@ -253,10 +255,12 @@ absl::StatusOr<std::string> TokenizerImpl::Decode(absl::Span<const int32_t> ids,
   tokens.reserve(ids.size());
   for (int32_t id : ids) {
     if (id < 0 || id >= vocab_size_) {
-      return absl::OutOfRangeError(absl::StrCat("token id ", id, " is outside [0, ", vocab_size_, ")"));
+      return absl::OutOfRangeError(
+          absl::StrCat("token id ", id, " is outside [0, ", vocab_size_, ")"));
     }
     const std::string* token = IdToToken(id);
-    if (token == nullptr) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is unassigned"));
+    if (token == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is unassigned"));
     if (skip_special_tokens && is_special_[id]) continue;
     tokens.push_back(*token);
   }

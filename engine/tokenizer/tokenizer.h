@@ -73,12 +73,10 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   // InvalidArgument on invalid UTF-8 input.
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
-                                              bool add_special_tokens) const;
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_special_tokens) const;
   // OutOfRange for ids outside [0, vocab_size()), InvalidArgument for ids in
   // range that name no token.
-  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
-                                     bool skip_special_tokens) const;
+  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const;
 
   // One past the largest id, model vocabulary and added tokens included (the
   // size an embedding table needs). For the four reference tokenizers this is
@@ -111,9 +109,16 @@ class Tokenizer {
 // vLLM and TGI): the text of ids [prefix, read) was already emitted, so the
 // delta is Decode(ids[prefix:]) minus Decode(ids[prefix:read]). Decoding both
 // from the same window start cancels decoder effects that depend on the first
-// token (Llama 2's leading-space Strip, Metaspace's first-token rule). If the
-// window's text ever stops being an extension of what was emitted, it falls
-// back to a full decode, so exactness never depends on that assumption.
+// token (Llama 2's leading-space Strip, Metaspace's first-token rule). Three
+// guards keep this exact:
+//  - text is held back while the last visible id is a <0xXX> byte-fallback
+//    token, because ByteFallback decodes a whole run of them at once (an
+//    invalid run becomes one U+FFFD per byte, even bytes that looked complete);
+//  - decoders whose text depends on the window's end (a Strip with stop > 0,
+//    or start > 1) never slide the window: each step decodes all ids;
+//  - if the window's text ever stops extending what was emitted, it falls
+//    back to decoding all ids.
+// The corpus tests and the fuzz target check deltas + Finish() == Decode.
 //
 // Not thread-safe; one per sequence. The Tokenizer must outlive it.
 class IncrementalDetokenizer {

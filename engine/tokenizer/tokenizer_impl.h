@@ -29,10 +29,8 @@ class TokenizerImpl {
       std::string_view tokenizer_json, std::string_view tokenizer_config_json,
       const TokenizerOptions& options);
 
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
-                                              bool add_special_tokens) const;
-  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
-                                     bool skip_special_tokens) const;
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_special_tokens) const;
+  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const;
 
   int32_t vocab_size() const { return vocab_size_; }
   std::optional<int32_t> bos_token_id() const { return bos_id_; }

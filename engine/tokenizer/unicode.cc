@@ -1,8 +1,8 @@
 #include "engine/tokenizer/unicode.h"
 
-#include <array>
-
 #include <unicode/uchar.h>
+
+#include <array>
 
 namespace sluice::tokenizer::internal {
 namespace {

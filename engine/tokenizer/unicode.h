@@ -36,8 +36,7 @@ inline size_t DecodeUtf8(std::string_view s, size_t i, char32_t* cp) {
     return 3;
   }
   *cp = ((b0 & 0x07u) << 18) | ((static_cast<uint8_t>(s[i + 1]) & 0x3Fu) << 12) |
-        ((static_cast<uint8_t>(s[i + 2]) & 0x3Fu) << 6) |
-        (static_cast<uint8_t>(s[i + 3]) & 0x3Fu);
+        ((static_cast<uint8_t>(s[i + 2]) & 0x3Fu) << 6) | (static_cast<uint8_t>(s[i + 3]) & 0x3Fu);
   return 4;
 }
 
@@ -59,9 +58,9 @@ std::string Utf8Lossy(std::string_view bytes);
 
 // Unicode properties with the semantics of Rust's char methods, which the
 // `tokenizers` code uses.
-bool IsWhitespace(char32_t cp);   // char::is_whitespace (White_Space)
-bool IsNumeric(char32_t cp);      // char::is_numeric (Nd | Nl | No)
-bool IsWordChar(char32_t cp);     // regex \w (Alphabetic|M|Nd|Pc|Join_Control)
+bool IsWhitespace(char32_t cp);  // char::is_whitespace (White_Space)
+bool IsNumeric(char32_t cp);     // char::is_numeric (Nd | Nl | No)
+bool IsWordChar(char32_t cp);    // regex \w (Alphabetic|M|Nd|Pc|Join_Control)
 
 // The GPT-2 byte-level alphabet: byte b <-> a printable code point.
 const std::string& ByteToUnicodeUtf8(uint8_t b);

@@ -9,6 +9,7 @@
 #include "kernels/cpu/gated_delta_net_cpu.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -21,14 +22,17 @@ constexpr int64_t kChunk = kGatedDeltaRuleChunk;
 // transformers' l2norm eps (matches the FLA library).
 constexpr float kL2NormEps = 1e-6f;
 
-// e^x for SiLU, written so loops that call it vectorise (std::exp does not without
-// -fno-math-errno, and SiLU over [T, C] would then cost more than the conv itself).
+// e^x for SiLU, written so loops that call it vectorise: std::exp does not without
+// -fno-math-errno, nor does a float→int conversion under the default -ftrapping-math.
 // Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2, a degree-7 polynomial for e^r, and 2^n
-// put in the exponent bits. Relative error about 1e-7 over the clamped range; inputs are
-// clamped to where the result is a normal float.
+// built in the exponent bits. n is rounded by adding 1.5·2²³, which leaves it in the low
+// mantissa bits. Relative error below 1e-7 over the clamped range, where e^x is a normal
+// float.
 inline float VectorExp(float x) {
+  constexpr float kRoundMagic = 12582912.0f;  // 1.5 · 2²³
   x = std::min(std::max(x, -87.3f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float shifted = x * 1.44269504088896341f + kRoundMagic;
+  const float n = shifted - kRoundMagic;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 split in two parts
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -37,10 +41,8 @@ inline float VectorExp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float er = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return er * scale;
+  const int32_t n_int = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kRoundMagic);
+  return er * std::bit_cast<float>((n_int + 127) << 23);
 }
 
 inline float Silu(float x) { return x / (1.0f + VectorExp(-x)); }
@@ -67,8 +69,7 @@ inline void Axpy(float a, const float* __restrict x, float* __restrict y, int64_
 }
 
 // out = l2norm(x) · scale, with transformers' l2norm(x) = x · rsqrt(Σx² + 1e-6).
-inline void L2Normalize(const float* __restrict x, int64_t n, float scale,
-                        float* __restrict out) {
+inline void L2Normalize(const float* __restrict x, int64_t n, float scale, float* __restrict out) {
   const float inv = 1.0f / std::sqrt(Dot(x, x, n) + kL2NormEps);
   for (int64_t i = 0; i < n; ++i) out[i] = (x[i] * inv) * scale;
 }
@@ -77,8 +78,8 @@ inline void L2Normalize(const float* __restrict x, int64_t n, float scale,
 // block is a compile-time size, so it lives in vector registers.
 template <int kRows>
 inline void MatMulAccRows(const float* __restrict a, int64_t lda, const float* __restrict b,
-                          int64_t ldb, float* __restrict c, int64_t ldc, int64_t depth,
-                          int64_t n, float alpha) {
+                          int64_t ldb, float* __restrict c, int64_t ldc, int64_t depth, int64_t n,
+                          float alpha) {
   constexpr int64_t kCols = 64;
   int64_t j0 = 0;
   for (; j0 + kCols <= n; j0 += kCols) {
@@ -116,7 +117,8 @@ inline void MatMulAccRows(const float* __restrict a, int64_t lda, const float* _
 void MatMulAcc(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                int64_t m, int64_t depth, int64_t n, float alpha) {
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4) MatMulAccRows<4>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, depth, n, alpha);
+  for (; i + 4 <= m; i += 4)
+    MatMulAccRows<4>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, depth, n, alpha);
   for (; i < m; ++i) MatMulAccRows<1>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, depth, n, alpha);
 }
 
@@ -145,11 +147,11 @@ struct HeadProblem {
 // about 200 KB at d_k = d_v = 128.
 struct Workspace {
   int64_t dk = 0, dv = 0;
-  std::vector<float> q, k, w, kd_t;  // [kChunk, dk] (kd_t: [dk, kChunk])
-  std::vector<float> u;              // [kChunk, dv]
-  std::vector<float> a, p;           // [kChunk, kChunk]
+  std::vector<float> q, k, w, kd_t;              // [kChunk, dk] (kd_t: [dk, kChunk])
+  std::vector<float> u;                          // [kChunk, dv]
+  std::vector<float> a, p;                       // [kChunk, kChunk]
   std::vector<float> cum_g, beta, decay_to_end;  // [kChunk]
-  std::vector<float> vec;            // recurrent: qn, kn [dk], sk, sq, delta [dv]
+  std::vector<float> vec;                        // recurrent: qn, kn [dk], sk, sq, delta [dv]
 
   void Ensure(int64_t new_dk, int64_t new_dv) {
     if (new_dk == dk && new_dv == dv) return;
@@ -331,7 +333,7 @@ void CausalConv1dSilu(const Tensor& x, const Tensor& weight,
     }
   }
 
-  constexpr int64_t kBlock = 128;  // channels per task
+  constexpr int64_t kBlock = 512;  // channels per task
   const int64_t blocks = (channels + kBlock - 1) / kBlock;
   const int64_t tasks = static_cast<int64_t>(sequences.size()) * blocks;
   int64_t tokens = 0;
@@ -435,8 +437,7 @@ void GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
   }
 }
 
-void GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps,
-                  Tensor* out) {
+void GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps, Tensor* out) {
   const int64_t d = x.dim(-1);
   const int64_t rows = x.numel() / d;
   const float* xs = x.data<float>();

@@ -15,8 +15,7 @@ void CausalConv1dSilu(const Tensor& x, const Tensor& weight,
 void GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                     const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
                     Tensor* state, Tensor* out, GatedDeltaRuleMode mode);
-void GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps,
-                  Tensor* out);
+void GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps, Tensor* out);
 
 }  // namespace sluice::kernels::cpu
 

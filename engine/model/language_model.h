@@ -1,0 +1,31 @@
+// What the scheduler needs from a model: its config, one forward pass over a ragged
+// batch, and the dense cost of tokens. CausalLm implements it; scheduler tests use a
+// fake with no math.
+#ifndef SLUICE_ENGINE_MODEL_LANGUAGE_MODEL_H_
+#define SLUICE_ENGINE_MODEL_LANGUAGE_MODEL_H_
+
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/cache/kv_cache.h"
+#include "engine/cache/state_cache.h"
+#include "engine/config/model_config.h"
+#include "engine/model/forward_batch.h"
+
+namespace sluice::engine {
+
+class LanguageModel {
+ public:
+  virtual ~LanguageModel() = default;
+  virtual const ModelConfig& config() const = 0;
+  // Runs one ragged batch; writes f32 logits [batch.logit_rows.size(), vocab] to host
+  // memory in `logits`.
+  virtual absl::Status Forward(const ForwardBatch& batch, PagedKvCache* kv_cache,
+                               RecurrentStateCache* state_cache, std::vector<float>* logits) = 0;
+  // FLOPs of `tokens` new tokens of one sequence whose context grows from `past`.
+  virtual double DenseFlops(int64_t past, int64_t tokens) const = 0;
+};
+
+}  // namespace sluice::engine
+
+#endif  // SLUICE_ENGINE_MODEL_LANGUAGE_MODEL_H_
