@@ -256,7 +256,8 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
                           c.family == ModelFamily::kQwen35Moe;
   if (moe_family) {
     MoeConfig& m = c.moe;
-    const char* experts_field = c.family == ModelFamily::kMixtral ? "num_local_experts" : "num_experts";
+    // transformers >= 5 may write either name for any MoE family.
+    const char* experts_field = j.contains("num_experts") ? "num_experts" : "num_local_experts";
     if (auto s = GetInt(j, experts_field, &m.num_experts, true, 0); !s.ok()) return s;
     if (auto s = GetInt(j, "num_experts_per_tok", &m.experts_per_token, true); !s.ok()) return s;
     if (m.experts_per_token > m.num_experts && m.num_experts > 0) {
