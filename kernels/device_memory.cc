@@ -2,6 +2,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 
@@ -19,11 +23,67 @@ int DeviceCount();
 }  // namespace cuda
 #endif
 
+namespace {
+
+// Caches freed CPU blocks by size class. Every engine step allocates the same
+// activation buffers again; without reuse each large one is a fresh mmap whose pages the
+// kernel must fault in and zero, which cost more than the math in a decode step.
+class CpuBlockCache {
+ public:
+  static CpuBlockCache& Get() {
+    static CpuBlockCache* cache = new CpuBlockCache();  // never destroyed: freed at exit
+    return *cache;
+  }
+
+  // Small blocks go straight to malloc's own bins; large ones are rounded to one of
+  // four classes per power of two (at most 25 % slack) so similar sizes share blocks.
+  static size_t SizeClass(size_t bytes) {
+    size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    if (rounded < kLargeBytes) return rounded;
+    size_t power = size_t{1} << (63 - __builtin_clzll(rounded));
+    const size_t step = power / 4;
+    return (rounded + step - 1) / step * step;
+  }
+
+  void* Allocate(size_t size_class) {
+    if (size_class >= kLargeBytes) {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(size_class);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_bytes_ -= size_class;
+        return p;
+      }
+    }
+    return std::aligned_alloc(64, size_class);
+  }
+
+  void Free(void* p, size_t size_class) {
+    if (size_class >= kLargeBytes) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_bytes_ + size_class <= kMaxCachedBytes) {
+        free_[size_class].push_back(p);
+        cached_bytes_ += size_class;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  static constexpr size_t kLargeBytes = 64 << 10;
+  static constexpr size_t kMaxCachedBytes = size_t{1} << 30;
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_bytes_ = 0;
+};
+
+}  // namespace
+
 absl::StatusOr<void*> AllocateDeviceMemory(size_t bytes, Device device) {
   if (device == Device::kCpu) {
-    size_t rounded = (bytes + 63) / 64 * 64;
-    if (rounded == 0) rounded = 64;
-    void* p = std::aligned_alloc(64, rounded);
+    void* p = CpuBlockCache::Get().Allocate(CpuBlockCache::SizeClass(bytes));
     if (p == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
     }
@@ -40,9 +100,9 @@ absl::StatusOr<void*> AllocateDeviceMemory(size_t bytes, Device device) {
 #endif
 }
 
-void FreeDeviceMemory(void* data, Device device) {
+void FreeDeviceMemory(void* data, size_t bytes, Device device) {
   if (device == Device::kCpu) {
-    std::free(data);
+    CpuBlockCache::Get().Free(data, CpuBlockCache::SizeClass(bytes));
     return;
   }
 #ifdef SLUICE_WITH_CUDA

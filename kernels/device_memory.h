@@ -12,7 +12,8 @@
 namespace sluice::kernels {
 
 absl::StatusOr<void*> AllocateDeviceMemory(size_t bytes, Device device);
-void FreeDeviceMemory(void* data, Device device);
+// `bytes` must be the size passed to AllocateDeviceMemory.
+void FreeDeviceMemory(void* data, size_t bytes, Device device);
 absl::Status FillZero(void* data, size_t bytes, Device device);
 // Copies between any two devices (host<->device or same device).
 absl::Status CopyBytes(void* dst, Device dst_device, const void* src, Device src_device,

@@ -46,7 +46,7 @@ Buffer::Buffer(void* data, size_t bytes, Device device, bool owned,
       keepalive_(std::move(keepalive)) {}
 
 Buffer::~Buffer() {
-  if (owned_) FreeDeviceMemory(data_, device_);
+  if (owned_) FreeDeviceMemory(data_, bytes_, device_);
 }
 
 absl::StatusOr<std::shared_ptr<Buffer>> Buffer::Allocate(size_t bytes, Device device) {

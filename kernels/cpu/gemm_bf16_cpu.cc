@@ -1,6 +1,7 @@
 #include "kernels/cpu/gemm_bf16_cpu.h"
 
 #include <algorithm>
+#include <cstring>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -10,97 +11,115 @@
 #include "kernels/tensor.h"
 
 namespace sluice::kernels::cpu {
+
+namespace {
+constexpr int64_t kRows = PackedBf16Weight::kPanelRows;
+constexpr int64_t kChunk = PackedBf16Weight::kChunk;
+}  // namespace
+
+PackedBf16Weight::PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k)
+    : n_(n), k_(k), padded_k_((k + kChunk - 1) / kChunk * kChunk) {
+  data_.assign(static_cast<size_t>(num_panels()) * kRows * padded_k_, 0);  // zero padding
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < num_panels(); ++p) {
+    uint16_t* dst = data_.data() + p * kRows * padded_k_;
+    for (int64_t c = 0; c < padded_k_ / kChunk; ++c) {
+      for (int64_t r = 0; r < kRows; ++r) {
+        const int64_t row = p * kRows + r;
+        if (row >= n) continue;
+        const int64_t len = std::min(kChunk, k - c * kChunk);
+        if (len > 0) std::memcpy(dst + (c * kRows + r) * kChunk, w + row * k + c * kChunk, len * 2);
+      }
+    }
+  }
+}
+
 namespace {
 
 #ifdef SLUICE_GEMM_AVX512
 
-inline __m512 LoadBf16(const uint16_t* p, __mmask16 mask) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
+inline __m512 WidenBf16(const uint16_t* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-// MR activation rows × NR weight rows, 16 lanes per accumulator.
-template <int MR, int NR>
-void MicroKernel(const float* x, int64_t k, const uint16_t* w, float* y, int64_t ldy) {
-  __m512 acc[MR][NR];
+// MR activation rows against one panel (kRows weight rows). Each weight chunk is
+// widened once and used for all MR rows.
+template <int MR>
+void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* panel, float* y,
+                 int64_t ldy, int64_t valid_rows) {
+  __m512 acc[MR][kRows];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t kk = 0;
-  for (; kk + 16 <= k; kk += 16) {
-    __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = LoadBf16(w + j * k + kk, 0xffff);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xv = _mm512_loadu_ps(x + i * k + kk);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+    for (int r = 0; r < kRows; ++r) acc[i][r] = _mm512_setzero_ps();
+  const int64_t chunks = padded_k / kChunk;
+  const int64_t full = k / kChunk;
+  for (int64_t c = 0; c < chunks; ++c) {
+    __m512 xv[MR];
+    if (c < full) {
+      for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + i * k + c * kChunk);
+    } else {  // K tail: the packed weight is zero-padded, the activations are masked
+      const __mmask16 mask = static_cast<__mmask16>((1u << (k - c * kChunk)) - 1);
+      for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + i * k + c * kChunk);
+    }
+    const uint16_t* chunk = panel + c * kRows * kChunk;
+    _mm_prefetch(reinterpret_cast<const char*>(chunk + 8 * kRows * kChunk), _MM_HINT_T0);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 wv = WidenBf16(chunk + r * kChunk);
+      for (int i = 0; i < MR; ++i) acc[i][r] = _mm512_fmadd_ps(xv[i], wv, acc[i][r]);
     }
   }
-  if (kk < k) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (k - kk)) - 1);
-    __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = LoadBf16(w + j * k + kk, mask);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i * k + kk);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) y[i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
-}
-
-template <int NR>
-void RowBlock(const float* x, int64_t m, int64_t k, const uint16_t* w, float* y, int64_t ldy) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) MicroKernel<4, NR>(x + i * k, k, w, y + i * ldy, ldy);
-  switch (m - i) {
-    case 3: MicroKernel<3, NR>(x + i * k, k, w, y + i * ldy, ldy); break;
-    case 2: MicroKernel<2, NR>(x + i * k, k, w, y + i * ldy, ldy); break;
-    case 1: MicroKernel<1, NR>(x + i * k, k, w, y + i * ldy, ldy); break;
-    default: break;
+  for (int i = 0; i < MR; ++i) {
+    for (int r = 0; r < valid_rows; ++r) y[i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]);
   }
 }
 
-#endif  // SLUICE_GEMM_AVX512
+#else
+
+// Portable fallback with the same summation order as the SIMD path: 16 lane sums per
+// dot product over the chunks, then a tree reduction of the lanes.
+template <int MR>
+void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* panel, float* y,
+                 int64_t ldy, int64_t valid_rows) {
+  for (int i = 0; i < MR; ++i) {
+    for (int r = 0; r < valid_rows; ++r) {
+      float lanes[kChunk] = {};
+      for (int64_t c = 0; c < padded_k / kChunk; ++c) {
+        for (int64_t l = 0; l < kChunk; ++l) {
+          const int64_t kk = c * kChunk + l;
+          const float xv = kk < k ? x[i * k + kk] : 0.f;
+          lanes[l] += xv * Bf16ToF32(panel[(c * kRows + r) * kChunk + l]);
+        }
+      }
+      for (int64_t w = kChunk / 2; w > 0; w /= 2)
+        for (int64_t l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+      y[i * ldy + r] = lanes[0];
+    }
+  }
+}
+
+#endif
 
 }  // namespace
 
-void GemmF32Bf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n_begin,
-                 int64_t n_end, float* y, int64_t ldy) {
-#ifdef SLUICE_GEMM_AVX512
-  constexpr int64_t kNr = 4;
-  // Activation rows go in tiles small enough to stay in L2 while every weight block
-  // streams past them once; a weight block (kNr rows) stays in L1 across the tile.
-  const int64_t tile = std::max<int64_t>(4, std::min<int64_t>(64, (192 * 1024) / (4 * k) / 4 * 4));
-  const int64_t blocks = (n_end - n_begin + kNr - 1) / kNr;
+void GemmF32Bf16(const float* x, int64_t m, const PackedBf16Weight& w, float* y, int64_t ldy) {
+  const int64_t k = w.k();
+  // Activation rows go in tiles small enough to stay in L2 while every panel streams
+  // past them once.
+  const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(48, (256 * 1024) / (4 * k) / 3 * 3));
+  const int64_t panels = w.num_panels();
   for (int64_t m0 = 0; m0 < m; m0 += tile) {
     const int64_t rows = std::min(tile, m - m0);
-    const float* xt = x + m0 * k;
-    float* yt = y + m0 * ldy;
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t n = n_begin + b * kNr;
-      const uint16_t* wn = w + n * k;
-      float* yn = yt + n;
-      switch (std::min<int64_t>(kNr, n_end - n)) {
-        case 4: RowBlock<4>(xt, rows, k, wn, yn, ldy); break;
-        case 3: RowBlock<3>(xt, rows, k, wn, yn, ldy); break;
-        case 2: RowBlock<2>(xt, rows, k, wn, yn, ldy); break;
-        default: RowBlock<1>(xt, rows, k, wn, yn, ldy); break;
-      }
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t valid = std::min(kRows, w.n() - p * kRows);
+      const float* xt = x + m0 * k;
+      float* yt = y + m0 * ldy + p * kRows;
+      int64_t i = 0;
+      for (; i + 3 <= rows; i += 3) PanelKernel<3>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
+      if (rows - i == 2) PanelKernel<2>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
+      if (rows - i == 1) PanelKernel<1>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
     }
   }
-#else
-  // Portable fallback: same math, 16 partial sums per dot product like the SIMD path.
-#pragma omp parallel for schedule(static)
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    for (int64_t i = 0; i < m; ++i) {
-      float lanes[16] = {};
-      for (int64_t kk = 0; kk < k; ++kk) lanes[kk % 16] += x[i * k + kk] * Bf16ToF32(w[n * k + kk]);
-      float s = 0;
-      for (float l : lanes) s += l;
-      y[i * ldy + n] = s;
-    }
-  }
-#endif
 }
 
 }  // namespace sluice::kernels::cpu

@@ -7,15 +7,40 @@
 #define SLUICE_KERNELS_CPU_GEMM_BF16_CPU_H_
 
 #include <cstdint>
+#include <vector>
 
 namespace sluice::kernels::cpu {
 
-// y[m, n] = Σ_k x[m, k] · w[n, k] for m < M, n in [n_begin, n_end).
-// x: f32 [M, K] (row stride K); w: bf16 [N, K] row-major (Hugging Face layout);
-// y: f32 with row stride ldy. Each (m, n) dot product is summed in the same order
-// whatever M is, so a row's result does not depend on what else is in the batch.
-void GemmF32Bf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n_begin,
-                 int64_t n_end, float* y, int64_t ldy);
+// A bf16 weight [N, K] repacked once at load into panels of kPanelRows rows. Inside a
+// panel the K axis is cut into chunks of 16 and each chunk stores the panel's rows one
+// after another (16 bf16 = 32 bytes per row). A decode step then reads every panel as
+// one sequential stream, which the hardware prefetcher follows at full bandwidth;
+// reading the [N, K] layout directly means kPanelRows interleaved streams per thread.
+class PackedBf16Weight {
+ public:
+  static constexpr int64_t kPanelRows = 8;
+  static constexpr int64_t kChunk = 16;
+
+  PackedBf16Weight() = default;
+  // w: bf16 [n, k] row-major (Hugging Face layout).
+  PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k);
+
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  int64_t padded_k() const { return padded_k_; }
+  const uint16_t* panel(int64_t p) const { return data_.data() + p * kPanelRows * padded_k_; }
+  int64_t num_panels() const { return (n_ + kPanelRows - 1) / kPanelRows; }
+
+ private:
+  int64_t n_ = 0, k_ = 0, padded_k_ = 0;
+  std::vector<uint16_t> data_;
+};
+
+// y[m, n] = Σ_k x[m, k] · w[n, k] for all m < M and n < N.
+// x: f32 [M, K] (row stride K); y: f32 with row stride ldy. Each (m, n) dot product is
+// summed in the same order whatever M is, so a row's result does not depend on what
+// else shares the batch.
+void GemmF32Bf16(const float* x, int64_t m, const PackedBf16Weight& w, float* y, int64_t ldy);
 
 }  // namespace sluice::kernels::cpu
 

@@ -119,16 +119,8 @@ class OneDnnLinear final : public Linear {
 class Bf16Linear final : public Linear {
  public:
   explicit Bf16Linear(const Tensor& weight)
-      : Linear(weight.dim(1), weight.dim(0), DType::kBF16), weight_(weight) {}
-
-  absl::Status Init() {
-    // Own an aligned copy: the source may be an mmap view of the checkpoint.
-    auto copy = Tensor::Empty(weight_.shape(), DType::kBF16, Device::kCpu);
-    if (!copy.ok()) return copy.status();
-    std::memcpy(copy->raw(), weight_.raw(), weight_.bytes());
-    weight_ = *std::move(copy);
-    return absl::OkStatus();
-  }
+      : Linear(weight.dim(1), weight.dim(0), DType::kBF16),
+        packed_(weight.data<uint16_t>(), weight.dim(0), weight.dim(1)) {}
 
   absl::Status Forward(const Tensor& x, Tensor* y) override {
     if (x.dtype() != DType::kF32 || y->dtype() != DType::kF32 || x.rank() != 2 ||
@@ -138,22 +130,19 @@ class Bf16Linear final : public Linear {
                                                      "]: got x ", x.DebugString(), ", y ",
                                                      y->DebugString()));
     }
-    GemmF32Bf16(x.data<float>(), x.dim(0), in_features_, weight_.data<uint16_t>(), 0,
-                out_features_, y->data<float>(), out_features_);
+    GemmF32Bf16(x.data<float>(), x.dim(0), packed_, y->data<float>(), out_features_);
     return absl::OkStatus();
   }
 
  private:
-  Tensor weight_;
+  PackedBf16Weight packed_;
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Linear>> CreateLinear(const Tensor& weight) {
   if (weight.dtype() == DType::kBF16) {
-    auto linear = std::make_unique<Bf16Linear>(weight);
-    if (auto s = linear->Init(); !s.ok()) return s;
-    return std::unique_ptr<Linear>(std::move(linear));
+    return std::unique_ptr<Linear>(std::make_unique<Bf16Linear>(weight));
   }
   const DType packed = DType::kF32;
   auto linear = std::make_unique<OneDnnLinear>(weight.dim(1), weight.dim(0), packed);

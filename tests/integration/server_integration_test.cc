@@ -296,6 +296,120 @@ TEST_F(ServerIntegrationTest, SigtermLetsAnInFlightStreamFinishThenExitsZero) {
   EXPECT_EQ(exit_code, 0);
 }
 
+// Text in, text out on the embedded demo model (random weights, real BPE tokenizer).
+class TextApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(daemon_.Start(std::string(SLUICE_SOURCE_DIR) + "/deploy/models/sluice-tiny"));
+    ASSERT_TRUE(daemon_.WaitServing());
+  }
+  v1::GenerateRequest TextRequest(const std::string& text, uint32_t max_tokens) {
+    v1::GenerateRequest req;
+    req.set_text(text);
+    req.mutable_stopping()->set_max_tokens(max_tokens);
+    req.mutable_stopping()->set_ignore_eos(true);
+    return req;
+  }
+  v1::GenerateResponse Unary(const v1::GenerateRequest& req, grpc::Status* status) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    *status = daemon_.stub()->Generate(&ctx, req, &resp);
+    return resp;
+  }
+  // Concatenated text deltas of a stream; checks each delta is valid UTF-8 on its own.
+  std::string Stream(const v1::GenerateRequest& req, v1::FinishReason* reason, grpc::Status* status) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    auto reader = daemon_.stub()->GenerateStream(&ctx, req);
+    v1::GenerateStreamResponse msg;
+    std::string text;
+    while (reader->Read(&msg)) {
+      EXPECT_TRUE(ValidUtf8(msg.text())) << "a delta split a UTF-8 sequence";
+      text += msg.text();
+      if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) *reason = msg.finish_reason();
+    }
+    *status = reader->Finish();
+    return text;
+  }
+  static bool ValidUtf8(const std::string& s) {
+    size_t i = 0;
+    while (i < s.size()) {
+      const unsigned char c = s[i];
+      const int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+      if (n == 0 || i + n > s.size()) return false;
+      for (int j = 1; j < n; ++j) {
+        if ((static_cast<unsigned char>(s[i + j]) & 0xC0) != 0x80) return false;
+      }
+      i += n;
+    }
+    return true;
+  }
+  Daemon daemon_;
+};
+
+TEST_F(TextApiTest, TokenizeDetokenizeAndGenerateAgree) {
+  v1::TokenizeRequest treq;
+  treq.set_text("Sluice gates: 42 déjà vu ✓");
+  v1::TokenizeResponse tresp;
+  grpc::ClientContext c1;
+  SetDeadline(&c1);
+  ASSERT_TRUE(daemon_.stub()->Tokenize(&c1, treq, &tresp).ok());
+  ASSERT_GT(tresp.ids_size(), 0);
+  v1::DetokenizeRequest dreq;
+  *dreq.mutable_ids() = tresp.ids();
+  v1::DetokenizeResponse dresp;
+  grpc::ClientContext c2;
+  SetDeadline(&c2);
+  ASSERT_TRUE(daemon_.stub()->Detokenize(&c2, dreq, &dresp).ok());
+  EXPECT_EQ(dresp.text(), treq.text());
+
+  grpc::Status s;
+  v1::GenerateResponse unary = Unary(TextRequest(treq.text(), 24), &s);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(unary.usage().prompt_tokens(), static_cast<uint32_t>(tresp.ids_size()));
+  v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
+  EXPECT_EQ(Stream(TextRequest(treq.text(), 24), &reason, &s), unary.text());
+  EXPECT_TRUE(s.ok());
+  EXPECT_EQ(reason, v1::FINISH_REASON_LENGTH);
+}
+
+TEST_F(TextApiTest, StopStringsCutTheTextAndAreNotReturned) {
+  grpc::Status s;
+  const v1::GenerateResponse full = Unary(TextRequest("The gate", 40), &s);
+  ASSERT_TRUE(s.ok());
+  ASSERT_GE(full.text().size(), 8u);
+  // A stop string taken from the middle of the free-running output (it spans tokens
+  // more often than not); the answer must end right before its first occurrence.
+  std::string stop = full.text().substr(full.text().size() / 2, 3);
+  while (!ValidUtf8(stop) && stop.size() < 6) stop = full.text().substr(full.text().size() / 2, stop.size() + 1);
+  const std::string expected = full.text().substr(0, full.text().find(stop));
+  v1::GenerateRequest req = TextRequest("The gate", 40);
+  req.mutable_stopping()->add_stop(stop);
+  const v1::GenerateResponse cut = Unary(req, &s);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(cut.text(), expected) << "stop string '" << stop << "'";
+  EXPECT_EQ(cut.finish_reason(), v1::FINISH_REASON_STOP_STRING);
+  v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
+  EXPECT_EQ(Stream(req, &reason, &s), expected);
+  EXPECT_TRUE(s.ok());
+  EXPECT_EQ(reason, v1::FINISH_REASON_STOP_STRING);
+}
+
+TEST_F(TextApiTest, BadTextGetsInvalidArgumentNamingTheLimits) {
+  grpc::Status s;
+  Unary(TextRequest(std::string("bad \xff\xfe utf8"), 4), &s);
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("UTF-8"), std::string::npos) << s.error_message();
+  // A prompt longer than the context: the error names both lengths.
+  std::string huge;
+  for (int i = 0; i < 3000; ++i) huge += "gate sluice ";
+  Unary(TextRequest(huge, 4), &s);
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("2048"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("tokens"), std::string::npos) << s.error_message();
+}
+
 // 64 concurrent streams on a hybrid model (KV blocks and state slots), a quarter of
 // them cancelled at random points: the rest finish with the tokens they produce alone,
 // and afterwards the engine reports every block and slot free.
