@@ -74,10 +74,11 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
     bpe->vocab_[it.key()] = static_cast<int32_t>(id);
     max_id = std::max(max_id, id);
   }
-  if (max_id >= int64_t{1} << 26) {
-    // A sparse vocabulary this large would need a huge id table; no real
-    // tokenizer has ids beyond a few hundred thousand.
-    return absl::InvalidArgumentError(absl::StrCat("vocab id ", max_id, " is implausibly large"));
+  // Ids index dense tables; real vocabularies are contiguous, so refuse ids
+  // so sparse that a tiny hostile file could demand gigabytes.
+  if (max_id >= 4 * static_cast<int64_t>(bpe->vocab_.size()) + 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("vocab ids are too sparse (max id ", max_id,
+                                                   " for ", bpe->vocab_.size(), " tokens)"));
   }
   bpe->id_to_token_.resize(static_cast<size_t>(max_id + 1));
   bpe->id_present_.assign(static_cast<size_t>(max_id + 1), false);

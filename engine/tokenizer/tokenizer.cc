@@ -1,6 +1,7 @@
 #include "engine/tokenizer/tokenizer.h"
 
 #include <cctype>
+#include <exception>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -19,11 +20,22 @@ namespace {
 using internal::GetBoolOr;
 using nlohmann::json;
 
+// Deeper nesting than any real file has; the component builders recurse
+// through Sequence objects, so unbounded depth could exhaust the stack.
+constexpr int kMaxJsonDepth = 64;
+
+struct JsonTooDeep : std::exception {
+  const char* what() const noexcept override { return "JSON nesting is too deep"; }
+};
+
 absl::StatusOr<json> ParseJson(std::string_view text, std::string_view what) {
   // nlohmann throws on malformed input; keep exceptions inside this boundary.
   try {
-    return json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
+    return json::parse(text.begin(), text.end(), [](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxJsonDepth) throw JsonTooDeep();
+      return true;
+    });
+  } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot parse ", internal::AsAbsl(what), ": ", e.what()));
   }
@@ -135,6 +147,11 @@ absl::StatusOr<std::unique_ptr<TokenizerImpl>> TokenizerImpl::Create(
       impl->added_id_to_token_[token.id] = token.content;
       if (token.special) special_contents.insert(token.content);
       limit = std::max(limit, token.id + 1);
+    }
+    // Same density rule as the model's vocabulary (see BpeModel::FromJson).
+    if (limit > impl->model_->id_limit() + 4 * static_cast<int64_t>(added->size()) + 1024) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("added token ids are too sparse (max id ", limit - 1, ")"));
     }
     impl->vocab_size_ = limit;
     if (absl::Status s = impl->added_vocabulary_.Build(*std::move(added), impl->normalizer_.get());
