@@ -114,15 +114,7 @@ absl::Status Engine::Submit(GenerationRequest request, std::shared_ptr<RequestCh
   if (request.logprobs_top_n > 20) {
     return absl::InvalidArgumentError("logprobs.top_n must be at most 20");
   }
-  if (!request.budget.empty()) {
-    const auto& b = request.budget;
-    const char* field = b.skip_ratio != 0.f                ? "budget.skip_ratio"
-                        : b.experts_per_token != 0         ? "budget.experts_per_token"
-                        : b.attention_gate_floor != 0.f    ? "budget.attention_gate_floor"
-                                                           : "budget.skip_layers";
-    return absl::UnimplementedError(absl::StrCat(
-        field, " is not implemented yet: this build runs every request dense"));
-  }
+  SLUICE_RETURN_IF_ERROR(model_->ValidateBudget(request.budget));
   if (absl::Now() >= request.deadline) {
     return absl::DeadlineExceededError("deadline passed before the request was queued");
   }

@@ -78,6 +78,17 @@ struct UsageStats {
   double dense_flops = 0;
   double executed_flops = 0;
   int32_t preemptions = 0;
+  // Compute-budget detail (zero for a request without a budget).
+  uint64_t branches_skipped = 0;    // (token, layer, branch) triples not run
+  uint64_t branches_total = 0;
+  uint64_t expert_assignments = 0;  // Σ experts run over (token, MoE layer) pairs
+  uint64_t moe_token_layers = 0;
+  uint64_t attention_heads_skipped = 0;
+  uint64_t attention_heads_total = 0;
+  int32_t layers_skipped = 0;       // distinct layers skip_layers removes
+  double mean_experts_per_token() const {
+    return moe_token_layers == 0 ? 0.0 : static_cast<double>(expert_assignments) / moe_token_layers;
+  }
 };
 
 // What the engine tells a request after a step. The last event has final = true and

@@ -196,14 +196,19 @@ absl::Status ClampInPlace(float limit, Tensor* x) {
 }
 
 absl::Status RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
-                       Tensor* weights) {
+                       Tensor* weights, absl::Span<const int32_t> row_k) {
   SLUICE_RETURN_IF_ERROR(SameDevice("RouteTopK", {&logits, experts, weights}));
   SLUICE_RETURN_IF_ERROR(Expect(logits.rank() == 2 && k >= 1 && k <= logits.dim(1) &&
                                     experts->dtype() == DType::kI32 && weights->dtype() == DType::kF32 &&
                                     experts->numel() == logits.dim(0) * k &&
                                     weights->numel() == logits.dim(0) * k,
                                 "RouteTopK", "shape mismatch"));
-  cpu::RouteTopK(logits, k, renormalize, experts, weights);
+  SLUICE_RETURN_IF_ERROR(Expect(row_k.empty() || static_cast<int64_t>(row_k.size()) == logits.dim(0),
+                                "RouteTopK", "row_k must hold one k per row"));
+  for (int32_t rk : row_k) {
+    if (rk < 1 || rk > k) return absl::InvalidArgumentError("RouteTopK: a row's k is outside [1, k]");
+  }
+  cpu::RouteTopK(logits, k, renormalize, experts, weights, row_k);
   return absl::OkStatus();
 }
 
@@ -229,6 +234,25 @@ absl::Status DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_lo
                                     dt_bias.numel() == a.dim(1),
                                 "DeltaRuleGates", "shape mismatch"));
   cpu::DeltaRuleGates(a, b, a_log, dt_bias, g, beta);
+  return absl::OkStatus();
+}
+
+absl::Status SigmoidGroupMean(const Tensor& x, Tensor* out) {
+  SLUICE_RETURN_IF_ERROR(SameDevice("SigmoidGroupMean", {&x, out}));
+  SLUICE_RETURN_IF_ERROR(Expect(x.rank() == 2 && out->rank() == 2 && x.dim(0) == out->dim(0) &&
+                                    x.dtype() == DType::kF32 && out->dtype() == DType::kF32 &&
+                                    out->dim(1) > 0 && x.dim(1) % out->dim(1) == 0,
+                                "SigmoidGroupMean", "shape mismatch"));
+  cpu::SigmoidGroupMean(x, out);
+  return absl::OkStatus();
+}
+
+absl::Status AddBiasInPlace(const Tensor& bias, Tensor* x) {
+  SLUICE_RETURN_IF_ERROR(SameDevice("AddBiasInPlace", {&bias, x}));
+  SLUICE_RETURN_IF_ERROR(Expect(x->rank() == 2 && bias.numel() == x->dim(1) &&
+                                    x->dtype() == DType::kF32 && bias.dtype() == DType::kF32,
+                                "AddBiasInPlace", "shape mismatch"));
+  cpu::AddBiasInPlace(bias, x);
   return absl::OkStatus();
 }
 
@@ -271,13 +295,16 @@ absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_m
 
 absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             absl::Span<const AttentionSequence> sequences, float scale,
-                            Tensor* out) {
+                            Tensor* out, absl::Span<const uint8_t> head_skip) {
   SLUICE_RETURN_IF_ERROR(SameDevice("PagedAttention", {&q, &k_cache, &v_cache, out}));
   SLUICE_RETURN_IF_ERROR(Expect(q.rank() == 3 && out->shape() == q.shape() &&
                                     k_cache.rank() == 4 && k_cache.shape() == v_cache.shape() &&
                                     k_cache.dim(3) == q.dim(2) && k_cache.dim(2) > 0 &&
                                     q.dim(1) % k_cache.dim(2) == 0,
                                 "PagedAttention", "shape mismatch"));
+  SLUICE_RETURN_IF_ERROR(Expect(head_skip.empty() ||
+                                    static_cast<int64_t>(head_skip.size()) == q.dim(0) * q.dim(1),
+                                "PagedAttention", "head_skip must hold one flag per (token, head)"));
   const int64_t num_blocks = k_cache.dim(0);
   const int64_t block_size = k_cache.dim(1);
   for (const AttentionSequence& s : sequences) {
@@ -291,7 +318,7 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
       }
     }
   }
-  cpu::PagedAttention(q, k_cache, v_cache, sequences, scale, out);
+  cpu::PagedAttention(q, k_cache, v_cache, sequences, scale, out, head_skip);
   return absl::OkStatus();
 }
 

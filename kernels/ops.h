@@ -81,8 +81,11 @@ absl::Status ClampInPlace(float limit, Tensor* x);
 // Mixture-of-experts routing, in f32: p = softmax(logits[t, :]); keep the k largest
 // (ties to the lower expert id); renormalise them to sum 1 when asked.
 // logits: f32 [T, E]; experts: i32 [T, k]; weights: f32 [T, k].
+// row_k (host, empty or [T]): a per-row top-k in [1, k] (a request's experts_per_token);
+// row t keeps its row_k[t] largest, renormalised over those, and its entries past
+// row_k[t] get expert −1 and weight 0.
 absl::Status RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
-                       Tensor* weights);
+                       Tensor* weights, absl::Span<const int32_t> row_k = {});
 
 // out[rows[i], :] += scale[i] · y[i, :] — the scatter half of grouped expert compute.
 absl::Status ScaledScatterAdd(const Tensor& y, const Tensor& rows, const Tensor& scale,
@@ -93,6 +96,14 @@ absl::Status ScaledScatterAdd(const Tensor& y, const Tensor& rows, const Tensor&
 // a, b, g, beta: f32 [T, H]; a_log, dt_bias: f32 [H]. softplus has torch's threshold 20.
 absl::Status DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_log,
                             const Tensor& dt_bias, Tensor* g, Tensor* beta);
+
+// out[t, g] = mean over the columns of group g of sigmoid(x[t, :]), groups of
+// x.cols / out.cols consecutive columns. x: f32 [T, W]; out: f32 [T, G], W % G == 0.
+// GateSkip importance (G = 1) and the per-head mean of an attention output gate.
+absl::Status SigmoidGroupMean(const Tensor& x, Tensor* out);
+
+// x[t, :] += bias, for x f32 [T, N] and bias f32 [N].
+absl::Status AddBiasInPlace(const Tensor& bias, Tensor* x);
 
 // x += y, elementwise, same shape.
 absl::Status AddInPlace(const Tensor& y, Tensor* x);
@@ -119,9 +130,12 @@ struct AttentionSequence {
 // Causal softmax attention with GQA over a paged cache:
 //   out[t, h] = softmax(scale · q[t, h] · K_{g(h)}ᵀ, causal) · V_{g(h)}
 // q, out: f32 [T, H_q, d]; H_q must be a multiple of H_kv.
+// head_skip (host, empty or [T, H_q]): a non-zero entry skips that (token, head): its
+// output is zero and nothing is read for it, so a KV group whose query heads are all
+// skipped for a token is never read for that token (attention-gate floor).
 absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             absl::Span<const AttentionSequence> sequences, float scale,
-                            Tensor* out);
+                            Tensor* out, absl::Span<const uint8_t> head_skip = {});
 
 }  // namespace sluice::kernels
 

@@ -42,6 +42,13 @@ void FillUsage(const engine::UsageStats& u, v1::Usage* out) {
   out->set_dense_flops(u.dense_flops);
   out->set_executed_flops(u.executed_flops);
   out->set_preemptions(u.preemptions);
+  v1::BudgetReport* report = out->mutable_budget();
+  report->set_branches_skipped(u.branches_skipped);
+  report->set_branches_total(u.branches_total);
+  report->set_mean_experts_per_token(u.mean_experts_per_token());
+  report->set_attention_heads_skipped(u.attention_heads_skipped);
+  report->set_attention_heads_total(u.attention_heads_total);
+  report->set_layers_skipped(u.layers_skipped);
 }
 
 void FillLogprobs(const std::vector<engine::TokenLogprob>& in,
@@ -466,6 +473,9 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   for (const auto& t : c.layer_types) info->add_layer_types(t);
   info->set_num_experts(c.moe.num_experts);
   info->set_experts_per_token(c.moe.experts_per_token);
+  for (const auto& control : m->engine->model().SupportedBudgetControls()) {
+    info->add_supported_budget_controls(control);
+  }
   for (const auto& part : c.not_served) info->add_not_served(part);
   info->set_model_path(m->model_dir);
   info->set_has_tokenizer(m->tokenizer != nullptr);

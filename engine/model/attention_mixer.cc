@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/device_memory.h"
 #include "kernels/status_macros.h"
 
 namespace sluice::engine {
@@ -31,7 +32,8 @@ absl::StatusOr<Tensor> DeinterleaveQueryGate(const Tensor& q_proj, int64_t heads
 
 absl::StatusOr<std::unique_ptr<AttentionMixer>> AttentionMixer::Load(
     const ModelConfig& config, const Checkpoint& ckpt, const std::string& prefix,
-    int cache_layer, std::shared_ptr<const Tensor> rope_table, kernels::Device device) {
+    int cache_layer, std::shared_ptr<const Tensor> rope_table, kernels::Device device,
+    bool key_value_only_path) {
   auto m = std::make_unique<AttentionMixer>();
   m->num_heads_ = config.num_attention_heads;
   m->num_kv_heads_ = config.num_key_value_heads;
@@ -45,6 +47,7 @@ absl::StatusOr<std::unique_ptr<AttentionMixer>> AttentionMixer::Load(
   m->cache_layer_ = cache_layer;
   m->rope_table_ = std::move(rope_table);
   const int64_t h = config.hidden_size;
+  m->hidden_ = h;
   const int64_t q_width = m->num_heads_ * m->head_dim_;
   const int64_t kv_width = m->num_kv_heads_ * m->head_dim_;
   SLUICE_ASSIGN_OR_RETURN(Tensor q, ckpt.Get(prefix + "q_proj.weight", {q_width * (m->output_gate_ ? 2 : 1), h}));
@@ -57,6 +60,10 @@ absl::StatusOr<std::unique_ptr<AttentionMixer>> AttentionMixer::Load(
   SLUICE_ASSIGN_OR_RETURN(Tensor qkv, kernels::ConcatRows({q, k, v}));
   SLUICE_ASSIGN_OR_RETURN(m->qkv_proj_, kernels::Linear::Create(qkv, device));
   SLUICE_ASSIGN_OR_RETURN(m->o_proj_, kernels::Linear::Create(o, device));
+  if (key_value_only_path) {
+    SLUICE_ASSIGN_OR_RETURN(Tensor kv, kernels::ConcatRows({k, v}));
+    SLUICE_ASSIGN_OR_RETURN(m->kv_proj_, kernels::Linear::Create(kv, device));
+  }
   if (m->qk_norm_ == QkNorm::kPerHead) {
     SLUICE_ASSIGN_OR_RETURN(m->q_norm_, LoadNormWeight(ckpt, prefix + "q_norm.weight", m->head_dim_, device));
     SLUICE_ASSIGN_OR_RETURN(m->k_norm_, LoadNormWeight(ckpt, prefix + "k_norm.weight", m->head_dim_, device));
@@ -108,13 +115,74 @@ absl::Status AttentionMixer::Forward(const StepTensors& step, const Tensor& x, T
   Tensor& k_cache = step.kv_cache->key(cache_layer_);
   Tensor& v_cache = step.kv_cache->value(cache_layer_);
   SLUICE_RETURN_IF_ERROR(kernels::WriteKvCache(k, v, step.slot_mapping, &k_cache, &v_cache));
+  // Attention-gate floor: decide per (token, head) from the output gate, before attention.
+  std::vector<uint8_t> head_skip;
+  const RowControls* controls = step.controls;
+  if (controls != nullptr && output_gate_ && !controls->gate_floor.empty()) {
+    SLUICE_ASSIGN_OR_RETURN(Tensor means, Tensor::Empty({tokens, num_heads_}, DType::kF32, device));
+    SLUICE_RETURN_IF_ERROR(kernels::SigmoidGroupMean(gate, &means));
+    std::vector<float> host(tokens * num_heads_);
+    SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(host.data(), kernels::Device::kCpu, means.raw(), device, means.bytes()));
+    head_skip.assign(tokens * num_heads_, 0);
+    bool any = false;
+    for (int64_t t = 0; t < tokens; ++t) {
+      const float floor = controls->gate_floor[t];
+      if (floor <= 0.f) continue;
+      const double attend = 4.0 * (step.batch->positions[t] + 1) * head_dim_;
+      SequenceCost* cost = controls->costs ? &(*controls->costs)[controls->row_sequence[t]] : nullptr;
+      for (int64_t hd = 0; hd < num_heads_; ++hd) {
+        if (host[t * num_heads_ + hd] < floor) {
+          head_skip[t * num_heads_ + hd] = 1;
+          any = true;
+          if (cost != nullptr) {
+            ++cost->heads_skipped;
+            cost->saved_flops += attend;
+          }
+        }
+      }
+    }
+    if (!any) head_skip.clear();
+  }
+  if (controls != nullptr && controls->costs != nullptr) {
+    for (int64_t t = 0; t < tokens; ++t) {
+      (*controls->costs)[controls->row_sequence[t]].heads_total += num_heads_;
+    }
+  }
   SLUICE_ASSIGN_OR_RETURN(Tensor attn, Tensor::Empty({tokens, num_heads_, head_dim_}, DType::kF32, device));
   SLUICE_RETURN_IF_ERROR(kernels::PagedAttention(q, k_cache, v_cache, step.batch->sequences,
                                                  1.0f / std::sqrt(static_cast<float>(head_dim_)),
-                                                 &attn));
+                                                 &attn, head_skip));
   SLUICE_ASSIGN_OR_RETURN(Tensor attn2d, attn.Reshape({tokens, q_width}));
   if (output_gate_) SLUICE_RETURN_IF_ERROR(kernels::SigmoidGateInPlace(gate, &attn2d));
   return o_proj_->Forward(attn2d, out);
+}
+
+absl::Status AttentionMixer::WriteKeyValueOnly(const StepTensors& step, const Tensor& x) {
+  if (kv_proj_ == nullptr) return absl::FailedPreconditionError("attention: no key/value-only path");
+  const int64_t tokens = x.dim(0);
+  const int64_t kv_width = num_kv_heads_ * head_dim_;
+  const kernels::Device device = x.device();
+  SLUICE_ASSIGN_OR_RETURN(Tensor kv, Tensor::Empty({tokens, 2 * kv_width}, DType::kF32, device));
+  SLUICE_RETURN_IF_ERROR(kv_proj_->Forward(x, &kv));
+  SLUICE_ASSIGN_OR_RETURN(Tensor k2, Tensor::Empty({tokens, kv_width}, DType::kF32, device));
+  SLUICE_ASSIGN_OR_RETURN(Tensor v2, Tensor::Empty({tokens, kv_width}, DType::kF32, device));
+  SLUICE_RETURN_IF_ERROR(kernels::CopyColumns(kv, 0, &k2));
+  SLUICE_RETURN_IF_ERROR(kernels::CopyColumns(kv, kv_width, &v2));
+  SLUICE_ASSIGN_OR_RETURN(Tensor k, k2.Reshape({tokens, num_kv_heads_, head_dim_}));
+  SLUICE_ASSIGN_OR_RETURN(Tensor v, v2.Reshape({tokens, num_kv_heads_, head_dim_}));
+  // The same steps as Forward's k/v path, in the same order.
+  if (qk_norm_ == QkNorm::kPerHead) {
+    SLUICE_RETURN_IF_ERROR(kernels::RmsNorm(k, k_norm_, eps_, norm_offset_, &k));
+  } else if (qk_norm_ == QkNorm::kWholeProjection) {
+    SLUICE_RETURN_IF_ERROR(kernels::RmsNorm(k2, k_norm_, eps_, norm_offset_, &k2));
+  }
+  if (clip_qkv_) {
+    SLUICE_RETURN_IF_ERROR(kernels::ClampInPlace(*clip_qkv_, &k2));
+    SLUICE_RETURN_IF_ERROR(kernels::ClampInPlace(*clip_qkv_, &v2));
+  }
+  SLUICE_RETURN_IF_ERROR(kernels::ApplyRotaryEmbedding(step.positions, *rope_table_, rotary_dim_, &k));
+  return kernels::WriteKvCache(k, v, step.slot_mapping, &step.kv_cache->key(cache_layer_),
+                               &step.kv_cache->value(cache_layer_));
 }
 
 double AttentionMixer::FlopsPerToken(int64_t context) const {

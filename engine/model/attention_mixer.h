@@ -18,14 +18,26 @@ class AttentionMixer : public Mixer {
   static absl::StatusOr<std::unique_ptr<AttentionMixer>> Load(
       const ModelConfig& config, const Checkpoint& ckpt, const std::string& prefix,
       int cache_layer, std::shared_ptr<const kernels::Tensor> rope_table,
-      kernels::Device device);
+      kernels::Device device, bool key_value_only_path = false);
+  // With step.controls carrying a gate floor for a row (gated attention only), each query
+  // head of that row whose mean output gate, mean(sigmoid(gate)) over head_dim, is below
+  // the floor skips its attention and contributes zero; q/k norms, RoPE and o_proj still
+  // run on the whole row.
   absl::Status Forward(const StepTensors& step, const kernels::Tensor& x,
                        kernels::Tensor* out) override;
+  // GateSkip: a token that skips this branch still writes its K/V, so later tokens see a
+  // complete cache. Runs only the k/v projections (plus k norm, clip and RoPE) for the
+  // rows of x and writes them at step.slot_mapping. Needs key_value_only_path at load.
+  absl::Status WriteKeyValueOnly(const StepTensors& step, const kernels::Tensor& x);
+  // FLOPs of WriteKeyValueOnly per token: what a GateSkip-skipped token still costs.
+  double KeyValueFlopsPerToken() const { return 2.0 * 2 * num_kv_heads_ * head_dim_ * hidden_; }
   double FlopsPerToken(int64_t context) const override;
+  bool output_gate() const { return output_gate_; }
+  int64_t num_heads() const { return num_heads_; }
   size_t WeightBytes() const override { return qkv_proj_->weight_bytes() + o_proj_->weight_bytes(); }
 
  private:
-  int64_t num_heads_ = 0, num_kv_heads_ = 0, head_dim_ = 0, rotary_dim_ = 0;
+  int64_t num_heads_ = 0, num_kv_heads_ = 0, head_dim_ = 0, rotary_dim_ = 0, hidden_ = 0;
   float eps_ = 1e-6f;
   float norm_offset_ = 0.f;
   QkNorm qk_norm_ = QkNorm::kNone;
@@ -36,6 +48,7 @@ class AttentionMixer : public Mixer {
   // and gate per head; rows are reordered at load so each part is contiguous.
   std::unique_ptr<kernels::Linear> qkv_proj_;
   std::unique_ptr<kernels::Linear> o_proj_;
+  std::unique_ptr<kernels::Linear> kv_proj_;  // k | v only; null unless key_value_only_path
   kernels::Tensor q_norm_, k_norm_;  // undefined when the family has none
   std::shared_ptr<const kernels::Tensor> rope_table_;
 };

@@ -19,13 +19,24 @@
 
 namespace sluice::engine {
 
-// Device-side copies of the batch metadata, shared by every layer of one step.
+// Per-row compute-budget knobs of one branch call, and where their effects are counted.
+// Absent (null) for a dense call.
+struct RowControls {
+  std::vector<int32_t> row_sequence;           // [rows]: index into *costs
+  std::vector<SequenceCost>* costs = nullptr;  // per sequence of the full batch
+  std::vector<int32_t> experts;                // [rows] or empty: MoE k per row, 0 = model's
+  std::vector<float> gate_floor;               // [rows] or empty: attention-gate floor per row
+};
+
+// Device-side copies of the batch metadata, shared by every layer of one step (or, for
+// a branch run on a subset of the rows, describing just that subset).
 struct StepTensors {
   const ForwardBatch* batch = nullptr;
   kernels::Tensor positions;     // i32 [T]
   kernels::Tensor slot_mapping;  // i32 [T]
   PagedKvCache* kv_cache = nullptr;
   RecurrentStateCache* state_cache = nullptr;  // null when the model has no linear layers
+  const RowControls* controls = nullptr;       // null: dense
 };
 
 class Mixer {
@@ -38,6 +49,11 @@ class Mixer {
   virtual double FlopsPerToken(int64_t context) const = 0;
   // Weight bytes one token reads through this block.
   virtual size_t WeightBytes() const = 0;
+  // Clears a state slot's per-layer state (linear mixers; a no-op for attention). Used
+  // when a new sequence runs none of its rows through this mixer in its first step.
+  virtual absl::Status ResetState(RecurrentStateCache* state_cache, int32_t slot) {
+    return absl::OkStatus();
+  }
 };
 
 // The linear-attention mixer of a hybrid layer (Gated DeltaNet), loaded from
@@ -51,7 +67,12 @@ absl::StatusOr<std::unique_ptr<Mixer>> LoadLinearAttentionMixer(const ModelConfi
 class FeedForward {
  public:
   virtual ~FeedForward() = default;
-  virtual absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out) = 0;
+  // `controls` (may be null) carries per-row budget knobs for the rows of x.
+  virtual absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out,
+                               const RowControls* controls) = 0;
+  absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out) {
+    return Forward(x, out, nullptr);
+  }
   virtual double FlopsPerToken() const = 0;
 };
 

@@ -3,6 +3,7 @@
 #ifndef SLUICE_ENGINE_MODEL_CAUSAL_LM_H_
 #define SLUICE_ENGINE_MODEL_CAUSAL_LM_H_
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "engine/model/blocks.h"
 #include "engine/model/forward_batch.h"
 #include "engine/model/language_model.h"
+#include "engine/request.h"
 #include "kernels/tensor.h"
 
 namespace sluice::engine {
@@ -37,6 +39,33 @@ class CausalLm : public LanguageModel {
   // `logits` (host memory, resized here).
   absl::Status Forward(const ForwardBatch& batch, PagedKvCache* kv_cache,
                        RecurrentStateCache* state_cache, std::vector<float>* logits) override;
+  // Runs one ragged batch honouring each sequence's budget (batch.budgets); see
+  // "Compute budgets" below. When no sequence has a budget this is Forward exactly.
+  absl::Status ForwardWithCosts(const ForwardBatch& batch, PagedKvCache* kv_cache,
+                                RecurrentStateCache* state_cache, std::vector<float>* logits,
+                                std::vector<SequenceCost>* costs) override;
+
+  // Compute budgets.
+  //  - skip_layers (every model): a skipped layer is the identity for that sequence's
+  //    rows; its KV cache / recurrent state is never written or read for the sequence.
+  //  - experts_per_token (MoE): the row's top-k, renormalised when the family does.
+  //  - attention_gate_floor (gated attention): see AttentionMixer::Forward.
+  //  - skip_ratio (models with residual gates, GateSkip arXiv 2510.13876): see
+  //    tests/data/models/GATESKIP.md for the checkpoint names and the exact semantics.
+  // The controls this model honours, by ComputeBudget field name.
+  std::vector<std::string> SupportedBudgetControls() const;
+  // INVALID_ARGUMENT for out-of-range values, FAILED_PRECONDITION (naming the supported
+  // controls) for a control the model cannot honour.
+  absl::Status ValidateBudget(const ComputeBudget& budget) const;
+  bool has_residual_gates() const { return has_residual_gates_; }
+  // FLOPs of all residual gates for one token (part of DenseFlops; GateSkip always runs
+  // them, since they make the skip decision).
+  double GateFlopsPerToken() const;
+  // GateSkip decode thresholds: the importance below which a decode token skips branch
+  // `branch` (0 mixer, 1 FFN) of `layer` at skip ratio r. Calibrated at load.
+  float DecodeThreshold(int64_t layer, int branch, float skip_ratio) const;
+  // How the decode thresholds were calibrated (for logs and GetModelInfo).
+  const std::string& calibration_source() const { return calibration_source_; }
 
   // FLOPs of `tokens` new tokens of one sequence whose context grows from `past`.
   double DenseFlops(int64_t past, int64_t tokens) const override;
@@ -44,12 +73,30 @@ class CausalLm : public LanguageModel {
   uint64_t WeightBytesPerToken() const;
 
  private:
+  // GateSkip residual gate of one branch: out = h + sigmoid(W x + b) ⊙ f(x), x the
+  // branch input (after the branch's norm). weight is null when the branch has none.
+  struct ResidualGate {
+    std::unique_ptr<kernels::Linear> weight;  // [width, hidden], width = hidden or 1
+    kernels::Tensor bias;                     // f32 [width], undefined when absent
+    int64_t width = 0;
+  };
   struct Layer {
     kernels::Tensor input_norm;
     kernels::Tensor post_attention_norm;
     std::unique_ptr<Mixer> mixer;
     std::unique_ptr<FeedForward> ffn;
+    bool linear_attention = false;
+    ResidualGate gates[2];  // [0] mixer branch, [1] FFN branch
   };
+  // Importances seen per (layer, branch) during calibration.
+  using ImportanceSink = std::vector<std::array<std::vector<float>, 2>>;
+
+  absl::Status RunBranch(int64_t layer_index, int branch, const StepTensors& step,
+                         const std::vector<int32_t>& row_sequence, bool any_budget,
+                         const kernels::Tensor& normed, kernels::Tensor* x,
+                         kernels::Tensor* branch_out, std::vector<SequenceCost>* costs);
+  double BranchFlops(int64_t layer_index, int branch, int64_t context) const;
+  absl::Status CalibrateGateSkip(const std::string& dir);
 
   ModelConfig config_;
   kernels::Device device_ = kernels::Device::kCpu;
@@ -58,6 +105,11 @@ class CausalLm : public LanguageModel {
   kernels::Tensor final_norm_;
   std::unique_ptr<kernels::Linear> lm_head_;
   uint64_t weight_bytes_per_token_ = 0;
+  bool has_residual_gates_ = false;
+  // Sorted importances of the calibration tokens, per (layer, branch).
+  ImportanceSink calibration_;
+  std::string calibration_source_;
+  ImportanceSink* importance_sink_ = nullptr;  // set only while calibrating
 };
 
 }  // namespace sluice::engine

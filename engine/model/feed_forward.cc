@@ -27,7 +27,7 @@ absl::StatusOr<std::unique_ptr<SwiGluFeedForward>> SwiGluFeedForward::FromWeight
   return f;
 }
 
-absl::Status SwiGluFeedForward::Forward(const Tensor& x, Tensor* out) {
+absl::Status SwiGluFeedForward::Forward(const Tensor& x, Tensor* out, const RowControls*) {
   const int64_t tokens = x.dim(0);
   const int64_t inter = down_->in_features();
   SLUICE_ASSIGN_OR_RETURN(Tensor gate_up, Tensor::Empty({tokens, 2 * inter}, DType::kF32, x.device()));
@@ -97,7 +97,7 @@ absl::StatusOr<std::unique_ptr<MoeFeedForward>> MoeFeedForward::Load(const Model
   return m;
 }
 
-absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out) {
+absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out, const RowControls* controls) {
   const int64_t tokens = x.dim(0);
   const kernels::Device device = x.device();
   const int64_t num_experts = static_cast<int64_t>(experts_.size());
@@ -105,7 +105,29 @@ absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out) {
   SLUICE_RETURN_IF_ERROR(router_->Forward(x, &logits));
   SLUICE_ASSIGN_OR_RETURN(Tensor chosen, Tensor::Empty({tokens, top_k_}, DType::kI32, device));
   SLUICE_ASSIGN_OR_RETURN(Tensor weights, Tensor::Empty({tokens, top_k_}, DType::kF32, device));
-  SLUICE_RETURN_IF_ERROR(kernels::RouteTopK(logits, top_k_, renormalize_, &chosen, &weights));
+  // Per-row k (experts_per_token); empty when every row uses the model's k.
+  std::vector<int32_t> row_k;
+  if (controls != nullptr && !controls->experts.empty()) {
+    bool any = false;
+    row_k.resize(tokens);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int32_t k = controls->experts[t];
+      row_k[t] = k > 0 && k < top_k_ ? k : static_cast<int32_t>(top_k_);
+      any = any || row_k[t] != top_k_;
+    }
+    if (!any) row_k.clear();
+  }
+  if (controls != nullptr && controls->costs != nullptr) {
+    const double expert_flops = experts_[0]->FlopsPerToken();
+    for (int64_t t = 0; t < tokens; ++t) {
+      SequenceCost& c = (*controls->costs)[controls->row_sequence[t]];
+      const int64_t k = row_k.empty() ? top_k_ : row_k[t];
+      c.expert_assignments += k;
+      c.moe_token_layers += 1;
+      c.saved_flops += static_cast<double>(top_k_ - k) * expert_flops;
+    }
+  }
+  SLUICE_RETURN_IF_ERROR(kernels::RouteTopK(logits, top_k_, renormalize_, &chosen, &weights, row_k));
 
   // Group the (token, weight) pairs by expert on the host; the metadata is tiny.
   std::vector<int32_t> host_chosen(tokens * top_k_);
@@ -117,6 +139,7 @@ absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out) {
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t i = 0; i < top_k_; ++i) {
       const int32_t e = host_chosen[t * top_k_ + i];
+      if (e < 0) continue;  // beyond this row's experts_per_token
       rows[e].push_back(static_cast<int32_t>(t));
       scales[e].push_back(host_weights[t * top_k_ + i]);
     }

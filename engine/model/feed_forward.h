@@ -20,7 +20,9 @@ class SwiGluFeedForward : public FeedForward {
   // From already-stacked [gate | up] and down weights (fused expert tensors).
   static absl::StatusOr<std::unique_ptr<SwiGluFeedForward>> FromWeights(
       const kernels::Tensor& gate_up, const kernels::Tensor& down, kernels::Device device);
-  absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out) override;
+  using FeedForward::Forward;
+  absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out,
+                       const RowControls* controls) override;
   double FlopsPerToken() const override;
   // Weight bytes one token reads through this block.
   size_t WeightBytes() const { return gate_up_->weight_bytes() + down_->weight_bytes(); }
@@ -41,9 +43,15 @@ class MoeFeedForward : public FeedForward {
                                                              const Checkpoint& ckpt,
                                                              const std::string& prefix,
                                                              kernels::Device device);
-  absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out) override;
+  using FeedForward::Forward;
+  // With controls, a row whose experts entry is k' in [1, k) runs only its top k'
+  // experts (renormalised over those when the family renormalises).
+  absl::Status Forward(const kernels::Tensor& x, kernels::Tensor* out,
+                       const RowControls* controls) override;
   double FlopsPerToken() const override;
   size_t ActiveWeightBytes() const;
+  int64_t top_k() const { return top_k_; }
+  double ExpertFlopsPerToken() const { return experts_[0]->FlopsPerToken(); }
 
  private:
   int64_t hidden_ = 0;

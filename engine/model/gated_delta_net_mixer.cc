@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/device_memory.h"
 #include "kernels/gated_delta_net.h"
 #include "kernels/status_macros.h"
 
@@ -143,6 +144,14 @@ absl::Status GatedDeltaNetMixer::Forward(const StepTensors& step, const Tensor& 
   SLUICE_RETURN_IF_ERROR(kernels::GatedRmsNorm(o, z3, norm_weight_, eps_, &o));
   SLUICE_ASSIGN_OR_RETURN(Tensor o2, o.Reshape({tokens, value_dim}));
   return out_proj_->Forward(o2, out);
+}
+
+absl::Status GatedDeltaNetMixer::ResetState(RecurrentStateCache* state_cache, int32_t slot) {
+  for (Tensor* t : {&state_cache->conv(state_layer_), &state_cache->recurrent(state_layer_)}) {
+    const size_t per_slot = t->bytes() / static_cast<size_t>(t->dim(0));
+    SLUICE_RETURN_IF_ERROR(kernels::FillZero(static_cast<char*>(t->raw()) + slot * per_slot, per_slot, t->device()));
+  }
+  return absl::OkStatus();
 }
 
 double GatedDeltaNetMixer::FlopsPerToken(int64_t context) const {

@@ -22,6 +22,15 @@ class LanguageModel {
   // memory in `logits`.
   virtual absl::Status Forward(const ForwardBatch& batch, PagedKvCache* kv_cache,
                                RecurrentStateCache* state_cache, std::vector<float>* logits) = 0;
+  // The same, also filling `costs` (resized to batch.sequences.size()) with what each
+  // sequence with a non-empty budget actually ran. A model without budget support runs
+  // dense and reports nothing saved.
+  virtual absl::Status ForwardWithCosts(const ForwardBatch& batch, PagedKvCache* kv_cache,
+                                        RecurrentStateCache* state_cache, std::vector<float>* logits,
+                                        std::vector<SequenceCost>* costs) {
+    costs->assign(batch.sequences.size(), SequenceCost{});
+    return Forward(batch, kv_cache, state_cache, logits);
+  }
   // FLOPs of `tokens` new tokens of one sequence whose context grows from `past`.
   virtual double DenseFlops(int64_t past, int64_t tokens) const = 0;
 };

@@ -40,6 +40,8 @@ absl::Status Scheduler::Enqueue(GenerationRequest request, std::shared_ptr<Reque
                         : static_cast<int32_t>(options_.max_model_len - seq->prompt_len);
   seq->sampler = std::make_unique<Sampler>(request.sampling, request.logprobs_top_n);
   seq->usage.prompt_tokens = seq->prompt_len;
+  seq->budget = ResolveBudget(request.budget, model_->config().num_layers);
+  seq->usage.layers_skipped = seq->budget.num_skipped_layers;
   seq->request = std::move(request);
   seq->channel = std::move(channel);
   std::lock_guard<std::mutex> lock(mu_);
@@ -264,6 +266,7 @@ void Scheduler::Step() {
     batch.sequences.push_back(meta);
     batch.state_slots.push_back(seq->state_slot);
     batch.state_fresh.push_back(seq->num_computed == 0 ? 1 : 0);
+    batch.budgets.push_back(seq->budget.empty() ? nullptr : &seq->budget);
     const bool wants_logits = seq->num_computed + count == static_cast<int32_t>(seq->tokens.size());
     if (wants_logits) batch.logit_rows.push_back(start + count - 1);
     scheduled.push_back({seq, count, wants_logits});
@@ -273,7 +276,7 @@ void Scheduler::Step() {
     return;
   }
 
-  absl::Status status = model_->Forward(batch, &kv_cache_, &state_cache_, &logits_);
+  absl::Status status = model_->ForwardWithCosts(batch, &kv_cache_, &state_cache_, &logits_, &costs_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;
@@ -281,7 +284,8 @@ void Scheduler::Step() {
   const int64_t vocab = model_->config().vocab_size;
   int32_t logit_index = 0;
   std::vector<std::pair<Sequence*, std::pair<absl::Status, FinishReason>>> endings;
-  for (const Scheduled& s : scheduled) {
+  for (size_t si = 0; si < scheduled.size(); ++si) {
+    const Scheduled& s = scheduled[si];
     Sequence* seq = s.seq;
     if (!status.ok()) {
       endings.push_back({seq, {absl::InternalError(absl::StrCat("model forward failed: ", status.message())),
@@ -292,7 +296,18 @@ void Scheduler::Step() {
     seq->num_computed += s.count;
     const double flops = model_->DenseFlops(past, s.count);
     seq->usage.dense_flops += flops;
-    seq->usage.executed_flops += flops;
+    if (seq->budget.empty() || si >= costs_.size()) {
+      seq->usage.executed_flops += flops;
+    } else {
+      const SequenceCost& c = costs_[si];
+      seq->usage.executed_flops += flops - c.saved_flops;
+      seq->usage.branches_skipped += c.branches_skipped;
+      seq->usage.branches_total += c.branches_total;
+      seq->usage.expert_assignments += c.expert_assignments;
+      seq->usage.moe_token_layers += c.moe_token_layers;
+      seq->usage.attention_heads_skipped += c.heads_skipped;
+      seq->usage.attention_heads_total += c.heads_total;
+    }
     if (!s.wants_logits) continue;
     absl::Span<float> row(logits_.data() + logit_index * vocab, vocab);
     ++logit_index;

@@ -89,6 +89,7 @@ class Scheduler {
     std::unique_ptr<Sampler> sampler;
     UsageStats usage;
     int32_t max_tokens = 0;
+    SequenceBudget budget;  // resolved from request.budget at Enqueue
   };
   using SeqPtr = std::unique_ptr<Sequence>;
 
@@ -127,6 +128,7 @@ class Scheduler {
   std::list<SeqPtr> waiting_;
   std::vector<SeqPtr> running_;
   std::vector<float> logits_;
+  std::vector<SequenceCost> costs_;
 };
 
 }  // namespace sluice::engine

@@ -110,7 +110,8 @@ void ClampInPlace(float limit, Tensor* x) {
   for (int64_t i = 0; i < x->numel(); ++i) d[i] = std::min(limit, std::max(-limit, d[i]));
 }
 
-void RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts, Tensor* weights) {
+void RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts, Tensor* weights,
+               absl::Span<const int32_t> row_k) {
   const int64_t tokens = logits.dim(0);
   const int64_t num_experts = logits.dim(1);
   std::vector<float> probs(num_experts);
@@ -127,12 +128,47 @@ void RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* expert
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
       return probs[a] != probs[b] ? probs[a] > probs[b] : a < b;
     });
+    // A row's own k keeps its largest row_k[t]; with row_k[t] == k this is the dense path.
+    const int64_t kk = row_k.empty() ? k : row_k[t];
     float kept = 0.f;
-    for (int64_t i = 0; i < k; ++i) kept += probs[order[i]];
+    for (int64_t i = 0; i < kk; ++i) kept += probs[order[i]];
     for (int64_t i = 0; i < k; ++i) {
+      if (i >= kk) {
+        experts->data<int32_t>()[t * k + i] = -1;
+        weights->data<float>()[t * k + i] = 0.f;
+        continue;
+      }
       experts->data<int32_t>()[t * k + i] = order[i];
       weights->data<float>()[t * k + i] = renormalize ? probs[order[i]] / kept : probs[order[i]];
     }
+  }
+}
+
+void SigmoidGroupMean(const Tensor& x, Tensor* out) {
+  const int64_t rows = x.dim(0);
+  const int64_t width = x.dim(1);
+  const int64_t groups = out->dim(1);
+  const int64_t size = width / groups;
+  const float* src = x.data<float>();
+  float* dst = out->data<float>();
+#pragma omp parallel for if (rows > 64)
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* v = src + t * width + g * size;
+      float sum = 0.f;
+      for (int64_t j = 0; j < size; ++j) sum += 1.0f / (1.0f + std::exp(-v[j]));
+      dst[t * groups + g] = sum / static_cast<float>(size);
+    }
+  }
+}
+
+void AddBiasInPlace(const Tensor& bias, Tensor* x) {
+  const int64_t rows = x->dim(0);
+  const int64_t width = x->dim(1);
+  const float* b = bias.data<float>();
+  float* d = x->data<float>();
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t j = 0; j < width; ++j) d[t * width + j] += b[j];
   }
 }
 
@@ -192,7 +228,8 @@ void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, 
 }
 
 void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out) {
+                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
+                    absl::Span<const uint8_t> head_skip) {
   const int64_t q_heads = q.dim(1);
   const int64_t d = q.dim(2);
   const int64_t block_size = k_cache.dim(1);
@@ -218,6 +255,11 @@ void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cach
       const auto [s, row] = items[w / q_heads];
       const int64_t h = w % q_heads;
       const int64_t g = h / group;
+      if (!head_skip.empty() && head_skip[static_cast<int64_t>(row) * q_heads + h] != 0) {
+        float* o = out->data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
+        std::fill(o, o + d, 0.f);
+        continue;
+      }
       const AttentionSequence& seq = sequences[s];
       // This query is token (context_len - query_len + i) of its sequence and sees every
       // token up to and including itself.

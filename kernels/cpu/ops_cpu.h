@@ -18,7 +18,10 @@ void SiluMul(const Tensor& gate_up, Tensor* out);
 void CopyColumns(const Tensor& src, int64_t col_start, Tensor* dst);
 void SigmoidGateInPlace(const Tensor& gate, Tensor* x);
 void ClampInPlace(float limit, Tensor* x);
-void RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts, Tensor* weights);
+void RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts, Tensor* weights,
+               absl::Span<const int32_t> row_k);
+void SigmoidGroupMean(const Tensor& x, Tensor* out);
+void AddBiasInPlace(const Tensor& bias, Tensor* x);
 void ScaledScatterAdd(const Tensor& y, const Tensor& rows, const Tensor& scale, Tensor* out);
 void DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias,
                     Tensor* g, Tensor* beta);
@@ -27,7 +30,8 @@ void GatherRows(const Tensor& x, const Tensor& rows, Tensor* out);
 void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor* k_cache,
                   Tensor* v_cache);
 void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out);
+                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
+                    absl::Span<const uint8_t> head_skip);
 
 }  // namespace sluice::kernels::cpu
 

@@ -214,6 +214,27 @@ TEST_F(ServerIntegrationTest, GetModelInfoReportsTheConfig) {
   const auto metadata = nlohmann::json::parse(text.str())["metadata"];
   EXPECT_EQ(info.total_parameters(), metadata["total_parameters"].get<uint64_t>());
   EXPECT_FALSE(info.has_tokenizer());
+  ASSERT_EQ(info.supported_budget_controls_size(), 1);
+  EXPECT_EQ(info.supported_budget_controls(0), "skip_layers");
+}
+
+TEST_F(ServerIntegrationTest, SkipLayersBudgetIsReportedInUsage) {
+  v1::GenerateRequest req = GreedyRequest(fixture_.prompts[1].ids, 4);
+  auto* span = req.mutable_budget()->add_skip_layers();
+  span->set_first(1);
+  span->set_last(1);
+  v1::GenerateResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  grpc::Status s = daemon_.stub()->Generate(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.token_ids_size(), 4);
+  const v1::Usage& u = resp.usage();
+  EXPECT_LT(u.executed_flops(), u.dense_flops());
+  EXPECT_GT(u.executed_flops(), 0.5 * u.dense_flops());
+  EXPECT_EQ(u.budget().layers_skipped(), 1u);
+  EXPECT_EQ(u.budget().branches_total(), 2u * 3 * (fixture_.prompts[1].ids.size() + 3));
+  EXPECT_EQ(u.budget().branches_skipped(), 2u * (fixture_.prompts[1].ids.size() + 3));
 }
 
 TEST_F(ServerIntegrationTest, InvalidRequestsGetClearErrors) {
@@ -229,8 +250,10 @@ TEST_F(ServerIntegrationTest, InvalidRequestsGetClearErrors) {
       {[](auto* r) { r->mutable_sampling()->set_top_p(1.5); }, grpc::INVALID_ARGUMENT, "top_p"},
       {[](auto* r) { r->mutable_sampling()->set_top_k(-3); }, grpc::INVALID_ARGUMENT, "top_k"},
       {[](auto* r) { r->mutable_stopping()->set_max_tokens(1000); }, grpc::INVALID_ARGUMENT, "max_tokens"},
-      {[](auto* r) { r->mutable_budget()->set_skip_ratio(0.5); }, grpc::UNIMPLEMENTED, "budget.skip_ratio"},
-      {[](auto* r) { r->mutable_budget()->add_skip_layers()->set_first(1); }, grpc::UNIMPLEMENTED, "budget.skip_layers"},
+      {[](auto* r) { r->mutable_budget()->set_skip_ratio(0.5); }, grpc::FAILED_PRECONDITION, "supports are: skip_layers"},
+      {[](auto* r) { r->mutable_budget()->set_skip_ratio(0.95f); }, grpc::INVALID_ARGUMENT, "budget.skip_ratio"},
+      {[](auto* r) { r->mutable_budget()->set_experts_per_token(1); }, grpc::FAILED_PRECONDITION, "budget.experts_per_token"},
+      {[](auto* r) { r->mutable_budget()->add_skip_layers()->set_first(9); }, grpc::INVALID_ARGUMENT, "budget.skip_layers"},
       {[](auto* r) { r->set_text("hello"); }, grpc::FAILED_PRECONDITION, "tokenizer"},
       {[](auto* r) { r->mutable_stopping()->add_stop("x"); }, grpc::FAILED_PRECONDITION, "stop"},
       {[](auto* r) { r->clear_input(); }, grpc::INVALID_ARGUMENT, "input"},

@@ -89,11 +89,16 @@ TEST_F(EngineTest, ValidationRejectsBeforeQueueing) {
   auto too_long = e->Submit(Greedy({1, 2}, 300), ch);
   EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(too_long.message().find("256"), absl::string_view::npos) << too_long;
+  // A dense Llama supports only skip_layers among the budget controls.
   GenerationRequest budget = Greedy({1}, 2);
   budget.budget.experts_per_token = 1;
-  auto unimplemented = e->Submit(budget, ch);
-  EXPECT_EQ(unimplemented.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(unimplemented.message().find("experts_per_token"), absl::string_view::npos);
+  auto unsupported = e->Submit(budget, ch);
+  EXPECT_EQ(unsupported.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(unsupported.message().find("experts_per_token"), absl::string_view::npos);
+  EXPECT_NE(unsupported.message().find("supports are: skip_layers"), absl::string_view::npos) << unsupported;
+  budget.budget = {};
+  budget.budget.skip_layers.push_back({1, 3});
+  EXPECT_EQ(e->Submit(budget, ch).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(ch->finished());  // nothing was queued, so no event either
 }
 
