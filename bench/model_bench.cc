@@ -2,6 +2,7 @@
 // prompt, decode tokens/s at a batch size and context, bytes read per decode step, and
 // the fraction of the machine's measured read bandwidth that decode reaches.
 //   sluice-bench-model --model DIR [--batch 1] [--context 512] [--decode_tokens 32]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
     fb.logit_rows.push_back(start + n - 1);
   };
 
+  const double bandwidth_before = sluice::bench::MeasureReadBandwidth(threads);
   // Prefill: each sequence's prompt, one sequence per forward (the prefill figure is
   // for a single prompt of `context` tokens).
   double prefill_s = 0;
@@ -117,8 +119,15 @@ int main(int argc, char** argv) {
   // over its context, every layer).
   const double kv_bytes = static_cast<double>(batch) * (context + steps / 2.0) * 2 * c.num_layers *
                           c.num_key_value_heads * c.head_dim * 4;
-  const double step_bytes = static_cast<double>((*model)->WeightBytesPerToken()) + kv_bytes;
-  const double bandwidth = sluice::bench::MeasureReadBandwidth(threads);
+  // Recurrent state of the linear-attention layers: read and written once per step.
+  const double state_bytes = 2.0 * batch * static_cast<double>((*model)->StateShape().BytesPerSlot());
+  const double step_bytes = static_cast<double>((*model)->WeightBytesPerToken()) + kv_bytes + state_bytes;
+  // The ceiling is measured three times in this run (the machine's bandwidth drifts
+  // with its neighbours) and the median is used.
+  std::vector<double> samples = {bandwidth_before, sluice::bench::MeasureReadBandwidth(threads),
+                                 sluice::bench::MeasureReadBandwidth(threads)};
+  std::sort(samples.begin(), samples.end());
+  const double bandwidth = samples[1];
   std::printf("model            %s (%s), %.3f B params, weights %s\n", absl::GetFlag(FLAGS_model).c_str(),
               c.model_type.c_str(), c.TotalParameters() / 1e9, c.weight_dtype.c_str());
   std::printf("threads          %d\n", threads);
@@ -126,9 +135,10 @@ int main(int argc, char** argv) {
   std::printf("prefill          %d tokens in %.3f s = %.1f tokens/s\n", context, prefill_s, context / prefill_s);
   std::printf("decode           batch %d, context %d: %.2f ms/step, %.1f tokens/s\n", batch, context,
               step_s * 1e3, decode_tps);
-  std::printf("bytes/step       %.1f MB (weights %.1f MB + KV %.1f MB)\n", step_bytes / 1e6,
-              (*model)->WeightBytesPerToken() / 1e6, kv_bytes / 1e6);
-  std::printf("read bandwidth   %.1f GB/s (measured, %d threads)\n", bandwidth / 1e9, threads);
+  std::printf("bytes/step       %.1f MB (weights %.1f MB + KV %.1f MB + state %.1f MB)\n", step_bytes / 1e6,
+              (*model)->WeightBytesPerToken() / 1e6, kv_bytes / 1e6, state_bytes / 1e6);
+  std::printf("read bandwidth   %.1f GB/s (median of %.1f / %.1f / %.1f, %d threads)\n", bandwidth / 1e9,
+              samples[0] / 1e9, samples[1] / 1e9, samples[2] / 1e9, threads);
   std::printf("bandwidth frac   %.1f %% of the ceiling\n", 100.0 * step_bytes / step_s / bandwidth);
   return 0;
 }

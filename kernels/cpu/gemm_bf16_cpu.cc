@@ -27,8 +27,13 @@ PackedBf16Weight::PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k)
       for (int64_t r = 0; r < kRows; ++r) {
         const int64_t row = p * kRows + r;
         if (row >= n) continue;
-        const int64_t len = std::min(kChunk, k - c * kChunk);
-        if (len > 0) std::memcpy(dst + (c * kRows + r) * kChunk, w + row * k + c * kChunk, len * 2);
+        uint16_t* line = dst + (c * kRows + r) * kChunk;
+        for (int64_t j = 0; j < kChunk; ++j) {
+          const int64_t kk = c * kChunk + j;
+          if (kk >= k) break;
+          // Element j < 16 → slot 2j (low half of lane j); element 16 + j → slot 2j + 1.
+          line[j < 16 ? 2 * j : 2 * (j - 16) + 1] = w[row * k + kk];
+        }
       }
     }
   }
@@ -38,9 +43,11 @@ namespace {
 
 #ifdef SLUICE_GEMM_AVX512
 
-inline __m512 WidenBf16(const uint16_t* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+// One packed line → f32 of elements 0..15 (low halves) and 16..31 (high halves).
+inline void WidenLine(const uint16_t* p, __m512* lo, __m512* hi) {
+  const __m512i raw = _mm512_loadu_si512(p);
+  *lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+  *hi = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
 // MR activation rows against one panel (kRows weight rows). Each weight chunk is
@@ -54,18 +61,31 @@ void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* pa
   const int64_t chunks = padded_k / kChunk;
   const int64_t full = k / kChunk;
   for (int64_t c = 0; c < chunks; ++c) {
-    __m512 xv[MR];
+    __m512 xlo[MR], xhi[MR];
+    const float* xc = x + c * kChunk;
     if (c < full) {
-      for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + i * k + c * kChunk);
+      for (int i = 0; i < MR; ++i) {
+        xlo[i] = _mm512_loadu_ps(xc + i * k);
+        xhi[i] = _mm512_loadu_ps(xc + i * k + 16);
+      }
     } else {  // K tail: the packed weight is zero-padded, the activations are masked
-      const __mmask16 mask = static_cast<__mmask16>((1u << (k - c * kChunk)) - 1);
-      for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + i * k + c * kChunk);
+      const int64_t left = k - c * kChunk;
+      const __mmask16 mlo = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
+      const __mmask16 mhi = static_cast<__mmask16>(left <= 16 ? 0 : (1u << (left - 16)) - 1);
+      for (int i = 0; i < MR; ++i) {
+        xlo[i] = _mm512_maskz_loadu_ps(mlo, xc + i * k);
+        xhi[i] = _mm512_maskz_loadu_ps(mhi, xc + i * k + 16);
+      }
     }
     const uint16_t* chunk = panel + c * kRows * kChunk;
     _mm_prefetch(reinterpret_cast<const char*>(chunk + 8 * kRows * kChunk), _MM_HINT_T0);
     for (int r = 0; r < kRows; ++r) {
-      const __m512 wv = WidenBf16(chunk + r * kChunk);
-      for (int i = 0; i < MR; ++i) acc[i][r] = _mm512_fmadd_ps(xv[i], wv, acc[i][r]);
+      __m512 wlo, whi;
+      WidenLine(chunk + r * kChunk, &wlo, &whi);
+      for (int i = 0; i < MR; ++i) {
+        acc[i][r] = _mm512_fmadd_ps(xlo[i], wlo, acc[i][r]);
+        acc[i][r] = _mm512_fmadd_ps(xhi[i], whi, acc[i][r]);
+      }
     }
   }
   for (int i = 0; i < MR; ++i) {
@@ -75,22 +95,23 @@ void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* pa
 
 #else
 
-// Portable fallback with the same summation order as the SIMD path: 16 lane sums per
-// dot product over the chunks, then a tree reduction of the lanes.
+// Portable fallback with the same summation order as the SIMD path: per chunk, lane j
+// adds element j then element 16 + j; lanes are combined at the end.
 template <int MR>
 void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* panel, float* y,
                  int64_t ldy, int64_t valid_rows) {
   for (int i = 0; i < MR; ++i) {
     for (int r = 0; r < valid_rows; ++r) {
-      float lanes[kChunk] = {};
+      float lanes[16] = {};
       for (int64_t c = 0; c < padded_k / kChunk; ++c) {
-        for (int64_t l = 0; l < kChunk; ++l) {
-          const int64_t kk = c * kChunk + l;
-          const float xv = kk < k ? x[i * k + kk] : 0.f;
-          lanes[l] += xv * Bf16ToF32(panel[(c * kRows + r) * kChunk + l]);
+        const uint16_t* line = panel + (c * kRows + r) * kChunk;
+        for (int64_t l = 0; l < 16; ++l) {
+          const int64_t k0 = c * kChunk + l, k1 = k0 + 16;
+          lanes[l] += (k0 < k ? x[i * k + k0] : 0.f) * Bf16ToF32(line[2 * l]);
+          lanes[l] += (k1 < k ? x[i * k + k1] : 0.f) * Bf16ToF32(line[2 * l + 1]);
         }
       }
-      for (int64_t w = kChunk / 2; w > 0; w /= 2)
+      for (int64_t w = 8; w > 0; w /= 2)
         for (int64_t l = 0; l < w; ++l) lanes[l] += lanes[l + w];
       y[i * ldy + r] = lanes[0];
     }

@@ -12,14 +12,17 @@
 namespace sluice::kernels::cpu {
 
 // A bf16 weight [N, K] repacked once at load into panels of kPanelRows rows. Inside a
-// panel the K axis is cut into chunks of 16 and each chunk stores the panel's rows one
-// after another (16 bf16 = 32 bytes per row). A decode step then reads every panel as
-// one sequential stream, which the hardware prefetcher follows at full bandwidth;
+// panel the K axis is cut into chunks of 32 and each chunk stores the panel's rows one
+// after another, one 64-byte cache line per row. A decode step then reads every panel
+// as one sequential stream, which the hardware prefetcher follows at full bandwidth;
 // reading the [N, K] layout directly means kPanelRows interleaved streams per thread.
+// Within a line the 32 values are interleaved (element j in the low half of 32-bit
+// lane j, element 16 + j in its high half), so two plain bit operations widen a line
+// to two f32 vectors with no shuffle: lane << 16 and lane & 0xffff0000.
 class PackedBf16Weight {
  public:
   static constexpr int64_t kPanelRows = 8;
-  static constexpr int64_t kChunk = 16;
+  static constexpr int64_t kChunk = 32;
 
   PackedBf16Weight() = default;
   // w: bf16 [n, k] row-major (Hugging Face layout).
