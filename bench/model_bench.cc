@@ -22,6 +22,7 @@ ABSL_FLAG(int32_t, batch, 1, "Sequences decoding together");
 ABSL_FLAG(int32_t, context, 512, "Prompt length before decoding (also the prefill figure)");
 ABSL_FLAG(int32_t, decode_tokens, 32, "Decode steps to time");
 ABSL_FLAG(int32_t, threads, 0, "Threads (0: all cores)");
+ABSL_FLAG(std::string, matmul_precision, "f32", "f32 or bf16 (see kernels/ops.h)");
 
 namespace {
 
@@ -39,6 +40,13 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_threads) > 0) sluice::kernels::SetNumThreads(absl::GetFlag(FLAGS_threads));
   const int threads = sluice::kernels::NumThreads();
+  if (auto s = sluice::kernels::SetMatmulPrecision(absl::GetFlag(FLAGS_matmul_precision) == "bf16"
+                                                      ? sluice::kernels::MatmulPrecision::kBf16
+                                                      : sluice::kernels::MatmulPrecision::kF32);
+      !s.ok()) {
+    std::cerr << s << "\n";
+    return 1;
+  }
   const int32_t batch = absl::GetFlag(FLAGS_batch);
   const int32_t context = absl::GetFlag(FLAGS_context);
   const int32_t steps = absl::GetFlag(FLAGS_decode_tokens);
@@ -130,7 +138,7 @@ int main(int argc, char** argv) {
   const double bandwidth = samples[1];
   std::printf("model            %s (%s), %.3f B params, weights %s\n", absl::GetFlag(FLAGS_model).c_str(),
               c.model_type.c_str(), c.TotalParameters() / 1e9, c.weight_dtype.c_str());
-  std::printf("threads          %d\n", threads);
+  std::printf("threads          %d, matmul precision %s\n", threads, absl::GetFlag(FLAGS_matmul_precision).c_str());
   std::printf("load             %.2f s\n", load_s);
   std::printf("prefill          %d tokens in %.3f s = %.1f tokens/s\n", context, prefill_s, context / prefill_s);
   std::printf("decode           batch %d, context %d: %.2f ms/step, %.1f tokens/s\n", batch, context,

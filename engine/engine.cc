@@ -12,6 +12,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   auto engine = std::unique_ptr<Engine>(new Engine());
   engine->options_ = options;
   if (options.threads > 0) kernels::SetNumThreads(options.threads);
+  SLUICE_RETURN_IF_ERROR(kernels::SetMatmulPrecision(options.matmul_precision));
   SLUICE_ASSIGN_OR_RETURN(engine->model_, CausalLm::Load(options.model_dir, options.device));
   const int64_t model_max = engine->model_->max_context();
   int64_t max_len = options.max_model_len > 0 ? options.max_model_len : model_max;

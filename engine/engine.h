@@ -16,6 +16,7 @@
 #include "engine/model/causal_lm.h"
 #include "engine/request.h"
 #include "engine/scheduler/scheduler.h"
+#include "kernels/ops.h"
 #include "kernels/tensor.h"
 
 namespace sluice::engine {
@@ -29,6 +30,8 @@ struct EngineOptions {
   int32_t max_queue = 1024;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
   int64_t kv_cache_memory = 512ll << 20;
+  // Arithmetic of bf16-weight matmuls (kernels/ops.h): exact f32 or faster bf16.
+  kernels::MatmulPrecision matmul_precision = kernels::MatmulPrecision::kF32;
   int32_t block_size = 16;
 };
 

@@ -3,10 +3,12 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <cstring>
 #include <initializer_list>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/gemm_bf16_cpu.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/device_memory.h"
 #include "kernels/status_macros.h"
@@ -34,6 +36,21 @@ absl::Status SameDevice(absl::string_view op, std::initializer_list<const Tensor
 }
 
 }  // namespace
+
+namespace {
+std::atomic<MatmulPrecision> g_matmul_precision{MatmulPrecision::kF32};
+}  // namespace
+
+absl::Status SetMatmulPrecision(MatmulPrecision precision) {
+  if (precision == MatmulPrecision::kBf16 && !cpu::Bf16ComputeAvailable()) {
+    return absl::FailedPreconditionError(
+        "bf16 matmul precision needs a CPU with AVX512-BF16 and a build that targets it");
+  }
+  g_matmul_precision.store(precision);
+  return absl::OkStatus();
+}
+
+MatmulPrecision GetMatmulPrecision() { return g_matmul_precision.load(); }
 
 void SetNumThreads(int n) {
   if (n > 0) omp_set_num_threads(n);

@@ -18,6 +18,16 @@ namespace sluice::kernels {
 void SetNumThreads(int n);
 int NumThreads();
 
+// Arithmetic of matmuls over bf16 weights, chosen once before loading a model:
+//  kF32:  activations stay f32, weights are widened (exact f32 math on the stored
+//         weights; what the golden tests check against transformers);
+//  kBf16: activations are rounded to bf16 and multiplied in pairs (AVX512-BF16), twice
+//         the arithmetic rate for prefill and large decode batches.
+// Both keep every row's result independent of the batch it shares.
+enum class MatmulPrecision { kF32, kBf16 };
+absl::Status SetMatmulPrecision(MatmulPrecision precision);
+MatmulPrecision GetMatmulPrecision();
+
 // y[M, N] = x[M, K] · Wᵀ for a weight stored as Hugging Face does, [N, K]. The weight
 // is converted once at creation into whatever layout the device's GEMM reads fastest.
 class Linear {

@@ -39,6 +39,9 @@ ABSL_FLAG(int32_t, max_num_batched_tokens, 2048, "Most tokens in one step (promp
 ABSL_FLAG(int32_t, max_queue, 1024, "Most queued requests; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens (0: the model's)");
 ABSL_FLAG(int64_t, kv_cache_memory, 512ll << 20, "Bytes for the KV cache");
+ABSL_FLAG(std::string, matmul_precision, "f32",
+          "bf16-weight matmuls: f32 (exact, activations stay f32) or bf16 (AVX512-BF16 "
+          "dot products on bf16-rounded activations, ~2x the arithmetic rate)");
 ABSL_FLAG(int32_t, max_message_bytes, 4 << 20, "Largest gRPC request accepted");
 ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds in-flight requests get to finish on SIGTERM");
 ABSL_FLAG(std::string, port_file, "", "If set, write the bound gRPC port here once listening (tests)");
@@ -100,6 +103,14 @@ int Run() {
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.kv_cache_memory = absl::GetFlag(FLAGS_kv_cache_memory);
+  const std::string precision = absl::GetFlag(FLAGS_matmul_precision);
+  if (precision != "f32" && precision != "bf16") {
+    std::cerr << "sluiced: --matmul_precision must be f32 or bf16, got '" << precision << "'\n";
+    server->Shutdown();
+    return 1;
+  }
+  options.matmul_precision = precision == "bf16" ? sluice::kernels::MatmulPrecision::kBf16
+                                                 : sluice::kernels::MatmulPrecision::kF32;
   const absl::Time load_start = absl::Now();
   auto engine = sluice::engine::Engine::Create(options);
   if (!engine.ok()) {

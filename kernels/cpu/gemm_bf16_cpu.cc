@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -17,8 +18,8 @@ constexpr int64_t kRows = PackedBf16Weight::kPanelRows;
 constexpr int64_t kChunk = PackedBf16Weight::kChunk;
 }  // namespace
 
-PackedBf16Weight::PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k)
-    : n_(n), k_(k), padded_k_((k + kChunk - 1) / kChunk * kChunk) {
+PackedBf16Weight::PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k, bool bf16_compute)
+    : n_(n), k_(k), padded_k_((k + kChunk - 1) / kChunk * kChunk), bf16_compute_(bf16_compute) {
   data_.assign(static_cast<size_t>(num_panels()) * kRows * padded_k_, 0);  // zero padding
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < num_panels(); ++p) {
@@ -31,8 +32,9 @@ PackedBf16Weight::PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k)
         for (int64_t j = 0; j < kChunk; ++j) {
           const int64_t kk = c * kChunk + j;
           if (kk >= k) break;
-          // Element j < 16 → slot 2j (low half of lane j); element 16 + j → slot 2j + 1.
-          line[j < 16 ? 2 * j : 2 * (j - 16) + 1] = w[row * k + kk];
+          // f32 compute: element j < 16 → slot 2j (low half of lane j), element 16 + j →
+          // slot 2j + 1. bf16 compute: natural order (lane j pairs elements 2j, 2j + 1).
+          line[bf16_compute ? j : (j < 16 ? 2 * j : 2 * (j - 16) + 1)] = w[row * k + kk];
         }
       }
     }
@@ -93,6 +95,32 @@ void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* pa
   }
 }
 
+#if defined(__AVX512BF16__)
+#define SLUICE_GEMM_AVX512_BF16 1
+// xb: the MR activation rows already rounded to bf16, padded_k values each.
+template <int MR>
+void PanelKernelBf16(const uint16_t* xb, int64_t padded_k, const uint16_t* panel, float* y,
+                     int64_t ldy, int64_t valid_rows) {
+  __m512 acc[MR][kRows];
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < kRows; ++r) acc[i][r] = _mm512_setzero_ps();
+  const int64_t chunks = padded_k / kChunk;
+  for (int64_t c = 0; c < chunks; ++c) {
+    __m512bh xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = (__m512bh)_mm512_loadu_si512(xb + i * padded_k + c * kChunk);
+    const uint16_t* chunk = panel + c * kRows * kChunk;
+    _mm_prefetch(reinterpret_cast<const char*>(chunk + 8 * kRows * kChunk), _MM_HINT_T0);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(chunk + r * kChunk);
+      for (int i = 0; i < MR; ++i) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], xv[i], wv);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int r = 0; r < valid_rows; ++r) y[i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]);
+  }
+}
+#endif
+
 #else
 
 // Portable fallback with the same summation order as the SIMD path: per chunk, lane j
@@ -122,12 +150,45 @@ void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* pa
 
 }  // namespace
 
+bool Bf16ComputeAvailable() {
+#ifdef SLUICE_GEMM_AVX512_BF16
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 void GemmF32Bf16(const float* x, int64_t m, const PackedBf16Weight& w, float* y, int64_t ldy) {
   const int64_t k = w.k();
+  const int64_t panels = w.num_panels();
+#ifdef SLUICE_GEMM_AVX512_BF16
+  if (w.bf16_compute()) {
+    // Round the activations to bf16 once (zero-padded to the packed K), then run the
+    // dot-product kernel; the same per-row arithmetic whatever M is.
+    const int64_t pk = w.padded_k();
+    std::vector<uint16_t> xb(static_cast<size_t>(m) * pk, 0);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t kk = 0; kk < k; ++kk) xb[i * pk + kk] = F32ToBf16(x[i * k + kk]);
+    const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(48, (256 * 1024) / (2 * pk) / 3 * 3));
+    for (int64_t m0 = 0; m0 < m; m0 += tile) {
+      const int64_t rows = std::min(tile, m - m0);
+#pragma omp parallel for schedule(static)
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t valid = std::min(kRows, w.n() - p * kRows);
+        const uint16_t* xt = xb.data() + m0 * pk;
+        float* yt = y + m0 * ldy + p * kRows;
+        int64_t i = 0;
+        for (; i + 3 <= rows; i += 3) PanelKernelBf16<3>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
+        if (rows - i == 2) PanelKernelBf16<2>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
+        if (rows - i == 1) PanelKernelBf16<1>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
+      }
+    }
+    return;
+  }
+#endif
   // Activation rows go in tiles small enough to stay in L2 while every panel streams
   // past them once.
   const int64_t tile = std::max<int64_t>(3, std::min<int64_t>(48, (256 * 1024) / (4 * k) / 3 * 3));
-  const int64_t panels = w.num_panels();
   for (int64_t m0 = 0; m0 < m; m0 += tile) {
     const int64_t rows = std::min(tile, m - m0);
 #pragma omp parallel for schedule(static)

@@ -19,6 +19,9 @@ namespace sluice::kernels::cpu {
 // Within a line the 32 values are interleaved (element j in the low half of 32-bit
 // lane j, element 16 + j in its high half), so two plain bit operations widen a line
 // to two f32 vectors with no shuffle: lane << 16 and lane & 0xffff0000.
+//
+// With bf16 compute (MatmulPrecision::kBf16) the line instead keeps the 32 values in
+// order, the pairs that one vdpbf16ps lane multiplies.
 class PackedBf16Weight {
  public:
   static constexpr int64_t kPanelRows = 8;
@@ -26,7 +29,8 @@ class PackedBf16Weight {
 
   PackedBf16Weight() = default;
   // w: bf16 [n, k] row-major (Hugging Face layout).
-  PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k);
+  PackedBf16Weight(const uint16_t* w, int64_t n, int64_t k, bool bf16_compute);
+  bool bf16_compute() const { return bf16_compute_; }
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
@@ -36,10 +40,16 @@ class PackedBf16Weight {
 
  private:
   int64_t n_ = 0, k_ = 0, padded_k_ = 0;
+  bool bf16_compute_ = false;
   std::vector<uint16_t> data_;
 };
 
-// y[m, n] = Σ_k x[m, k] · w[n, k] for all m < M and n < N.
+// True when this build and CPU can run the bf16 dot-product kernel (AVX512-BF16).
+bool Bf16ComputeAvailable();
+
+// y[m, n] = Σ_k x[m, k] · w[n, k] for all m < M and n < N. With a weight packed for
+// bf16 compute, x is rounded to bf16 first and pairs are multiplied with vdpbf16ps
+// (f32 accumulation): twice the arithmetic rate, at bf16 rounding of the activations.
 // x: f32 [M, K] (row stride K); y: f32 with row stride ldy. Each (m, n) dot product is
 // summed in the same order whatever M is, so a row's result does not depend on what
 // else shares the batch.

@@ -120,7 +120,8 @@ class Bf16Linear final : public Linear {
  public:
   explicit Bf16Linear(const Tensor& weight)
       : Linear(weight.dim(1), weight.dim(0), DType::kBF16),
-        packed_(weight.data<uint16_t>(), weight.dim(0), weight.dim(1)) {}
+        packed_(weight.data<uint16_t>(), weight.dim(0), weight.dim(1),
+                GetMatmulPrecision() == MatmulPrecision::kBf16) {}
 
   absl::Status Forward(const Tensor& x, Tensor* y) override {
     if (x.dtype() != DType::kF32 || y->dtype() != DType::kF32 || x.rank() != 2 ||

@@ -11,6 +11,8 @@
 namespace sluice::kernels {
 namespace {
 
+bool cpu_bf16_available() { return SetMatmulPrecision(MatmulPrecision::kBf16).ok() && SetMatmulPrecision(MatmulPrecision::kF32).ok(); }
+
 std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.f) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> d(0.f, scale);
@@ -74,6 +76,36 @@ TEST(KernelsTest, Bf16LinearRowsDoNotDependOnTheBatch) {
     for (int64_t j = 0; j < n; ++j) {
       EXPECT_EQ(y_one.data<float>()[j], y_all.data<float>()[row * n + j]) << "row " << row;
     }
+  }
+}
+
+TEST(KernelsTest, Bf16ComputeRoundsActivationsAndStaysBatchInvariant) {
+  if (!cpu_bf16_available()) GTEST_SKIP() << "this CPU or build has no AVX512-BF16";
+  const int64_t k = 97, n = 40;
+  Tensor weight = *Tensor::Empty({n, k}, DType::kBF16);
+  auto w = Random(n * k, 11);
+  for (int64_t i = 0; i < n * k; ++i) weight.data<uint16_t>()[i] = F32ToBf16(w[i]);
+  ASSERT_TRUE(SetMatmulPrecision(MatmulPrecision::kBf16).ok());
+  auto linear = Linear::Create(weight, Device::kCpu);
+  ASSERT_TRUE(SetMatmulPrecision(MatmulPrecision::kF32).ok());
+  ASSERT_TRUE(linear.ok());
+  const int64_t m = 11;
+  auto x = Random(m * k, 12);
+  Tensor xt = Make(x, {m, k});
+  Tensor y = *Tensor::Empty({m, n}, DType::kF32);
+  ASSERT_TRUE((*linear)->Forward(xt, &y).ok());
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = 0;  // the activations rounded to bf16, as the kernel does
+      for (int64_t c = 0; c < k; ++c) {
+        ref += double(Bf16ToF32(F32ToBf16(x[i * k + c]))) * Bf16ToF32(weight.data<uint16_t>()[j * k + c]);
+      }
+      EXPECT_NEAR(y.data<float>()[i * n + j], ref, 1e-4);
+    }
+    Tensor one = Make(std::vector<float>(x.begin() + i * k, x.begin() + (i + 1) * k), {1, k});
+    Tensor y1 = *Tensor::Empty({1, n}, DType::kF32);
+    ASSERT_TRUE((*linear)->Forward(one, &y1).ok());
+    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(y1.data<float>()[j], y.data<float>()[i * n + j]);
   }
 }
 
