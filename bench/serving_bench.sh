@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Serving figures over the real gRPC API on loopback: starts sluiced on MODEL, runs the
+# load generator at several concurrency levels, then again at 16 streams while a client
+# keeps sending 2,000-token prompts, and stops the daemon.
+# Usage: bench/serving_bench.sh BUILD_DIR MODEL_DIR [extra sluiced flags...]
+set -euo pipefail
+build=$1; model=$2; shift 2
+port_file=$(mktemp)
+"$build/bin/sluiced" --model "$model" --listen 127.0.0.1:0 --port_file "$port_file" \
+  --metrics_listen= --max_num_seqs 64 "$@" 2>/tmp/sluiced-bench.log &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -f "$port_file"' EXIT
+for _ in $(seq 1 600); do [[ -s $port_file ]] && break; sleep 0.1; done
+addr=127.0.0.1:$(cat "$port_file")
+until "$build/bin/sluice" --server "$addr" health >/dev/null 2>&1; do sleep 0.2; done
+vocab=$("$build/bin/sluice" --server "$addr" info | awk '/vocab_size/ {print $2}')
+seconds=${SECONDS_PER_LEVEL:-15}
+echo "== decode throughput and latency (prompt 64, 64 new tokens per request, ${seconds}s per level)"
+"$build/bin/sluice-loadgen" --server "$addr" --streams 1,4,16,64 --seconds "$seconds" --vocab "$vocab"
+echo "== 16 streams while 2,000-token prompts keep arriving"
+"$build/bin/sluice-loadgen" --server "$addr" --streams 1,16 --seconds "$seconds" --vocab "$vocab" \
+  --long_prompt_tokens 2000
+"$build/bin/sluice" --server "$addr" stats | grep -E "preemptions|steps"
