@@ -7,12 +7,14 @@ set -euo pipefail
 build=$1; model=$2; shift 2
 port_file=$(mktemp)
 "$build/bin/sluiced" --model "$model" --listen 127.0.0.1:0 --port_file "$port_file" \
-  --metrics_listen= --max_num_seqs 64 "$@" 2>/tmp/sluiced-bench.log &
+  --metrics_listen= --max_num_seqs 64 --kv_cache_memory $((4 << 30)) --max_model_len 4096 "$@" \
+  2>/tmp/sluiced-bench.log &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$port_file"' EXIT
-for _ in $(seq 1 600); do [[ -s $port_file ]] && break; sleep 0.1; done
+alive() { kill -0 $pid 2>/dev/null || { echo "sluiced exited:"; cat /tmp/sluiced-bench.log; exit 1; }; }
+for _ in $(seq 1 600); do [[ -s $port_file ]] && break; alive; sleep 0.1; done
 addr=127.0.0.1:$(cat "$port_file")
-until "$build/bin/sluice" --server "$addr" health >/dev/null 2>&1; do sleep 0.2; done
+until "$build/bin/sluice" --server "$addr" health >/dev/null 2>&1; do alive; sleep 0.2; done
 vocab=$("$build/bin/sluice" --server "$addr" info | awk '/vocab_size/ {print $2}')
 seconds=${SECONDS_PER_LEVEL:-15}
 echo "== decode throughput and latency (prompt 64, 64 new tokens per request, ${seconds}s per level)"

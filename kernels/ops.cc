@@ -71,6 +71,18 @@ absl::StatusOr<std::unique_ptr<Linear>> Linear::Create(const Tensor& weight, Dev
   return cpu::CreateLinear(weight);
 }
 
+absl::Status Linear::Forward(const Tensor& x, Tensor* y) {
+  if (x.dtype() != DType::kF32 || y->dtype() != DType::kF32 || x.rank() != 2 || y->rank() != 2 ||
+      x.dim(1) != in_features_ || y->dim(1) != out_features_ || x.dim(0) != y->dim(0) ||
+      x.device() != y->device()) {
+    return absl::InvalidArgumentError(absl::StrCat("Linear[", in_features_, "->", out_features_,
+                                                   "]: got x ", x.DebugString(), ", y ",
+                                                   y->DebugString()));
+  }
+  if (x.dim(0) == 0) return absl::OkStatus();
+  return Run(x, y);
+}
+
 absl::StatusOr<Tensor> ToF32(const Tensor& t, Device device) {
   if (t.device() != Device::kCpu || device != Device::kCpu) {
     return absl::UnimplementedError("ToF32 off the CPU");

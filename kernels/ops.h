@@ -37,7 +37,8 @@ class Linear {
   static absl::StatusOr<std::unique_ptr<Linear>> Create(const Tensor& weight, Device device);
   virtual ~Linear() = default;
   // x: f32 [M, K]; y: f32 [M, N], preallocated on the same device. M may be 0.
-  virtual absl::Status Forward(const Tensor& x, Tensor* y) = 0;
+  // Checks the shapes here, once for every backend, then runs the backend's body.
+  absl::Status Forward(const Tensor& x, Tensor* y);
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
@@ -48,6 +49,8 @@ class Linear {
  protected:
   Linear(int64_t in, int64_t out, DType dtype)
       : in_features_(in), out_features_(out), weight_dtype_(dtype) {}
+  // The backend's GEMM, called with shapes already checked and M > 0.
+  virtual absl::Status Run(const Tensor& x, Tensor* y) = 0;
   int64_t in_features_;
   int64_t out_features_;
   DType weight_dtype_;

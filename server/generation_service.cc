@@ -150,6 +150,17 @@ class GenerationCall {
   bool stopped_by_text_ = false;
 };
 
+// Cuts a finished reactor loose from its channel: a listener call that races OnDone
+// finds no reactor to call.
+template <typename Hub>
+void Detach(const std::shared_ptr<Hub>& hub, GenerationCall& call) {
+  {
+    std::lock_guard<std::recursive_mutex> lock(hub->mu);
+    hub->reactor = nullptr;
+  }
+  if (call.channel()) call.channel()->SetListener(nullptr);
+}
+
 class UnaryGenerateReactor final : public grpc::ServerUnaryReactor {
  public:
   UnaryGenerateReactor(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
@@ -201,11 +212,7 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor {
   void OnCancel() override { call_.channel()->Cancel(); }
 
   void OnDone() override {
-    {
-      std::lock_guard<std::recursive_mutex> lock(hub_->mu);
-      hub_->reactor = nullptr;
-    }
-    if (call_.channel()) call_.channel()->SetListener(nullptr);
+    Detach(hub_, call_);
     delete this;
   }
 
@@ -307,11 +314,7 @@ class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::Generate
   void OnCancel() override { call_.channel()->Cancel(); }
 
   void OnDone() override {
-    {
-      std::lock_guard<std::recursive_mutex> lock(hub_->mu);
-      hub_->reactor = nullptr;
-    }
-    if (call_.channel()) call_.channel()->SetListener(nullptr);
+    Detach(hub_, call_);
     delete this;
   }
 

@@ -302,17 +302,9 @@ absl::StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const nlohmann::json& j
                                           static_cast<size_t>(*stop));
   }
   if (*type == "Sequence") {
-    auto it = json.find("decoders");
-    if (it == json.end() || !it->is_array()) {
-      return absl::InvalidArgumentError("Sequence decoder needs a \"decoders\" array");
-    }
-    std::vector<std::unique_ptr<Decoder>> parts;
-    for (const auto& item : *it) {
-      absl::StatusOr<std::unique_ptr<Decoder>> part = DecoderFromJson(item);
-      if (!part.ok()) return part.status();
-      if (*part != nullptr) parts.push_back(*std::move(part));
-    }
-    return std::make_unique<SequenceDecoder>(std::move(parts));
+    auto parts = ParseSequenceParts<Decoder>(json, "decoders", "decoder", [](const nlohmann::json& item) { return DecoderFromJson(item); });
+    if (!parts.ok()) return parts.status();
+    return std::make_unique<SequenceDecoder>(*std::move(parts));
   }
   return absl::UnimplementedError(absl::StrCat("decoder type \"", *type, "\" is not supported"));
 }

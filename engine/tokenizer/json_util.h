@@ -3,7 +3,9 @@
 #ifndef SLUICE_ENGINE_TOKENIZER_JSON_UTIL_H_
 #define SLUICE_ENGINE_TOKENIZER_JSON_UTIL_H_
 
+#include <memory>
 #include <string>
+#include <vector>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -13,6 +15,24 @@
 #include "nlohmann/json.hpp"
 
 namespace sluice::tokenizer::internal {
+
+// Parses the `key` array of a "Sequence" component (normalizer, pre-tokenizer or
+// decoder) with `parse_one`, dropping null parts. `what` names the component in errors.
+template <typename Part, typename ParseOne>
+absl::StatusOr<std::vector<std::unique_ptr<Part>>> ParseSequenceParts(
+    const nlohmann::json& json, const char* key, const char* what, ParseOne parse_one) {
+  auto it = json.find(key);
+  if (it == json.end() || !it->is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat("Sequence ", what, " needs a \"", key, "\" array"));
+  }
+  std::vector<std::unique_ptr<Part>> parts;
+  for (const auto& item : *it) {
+    absl::StatusOr<std::unique_ptr<Part>> part = parse_one(item);
+    if (!part.ok()) return part.status();
+    if (*part != nullptr) parts.push_back(*std::move(part));
+  }
+  return parts;
+}
 
 inline absl::StatusOr<std::string> GetString(const nlohmann::json& obj, std::string_view key) {
   if (!obj.is_object())

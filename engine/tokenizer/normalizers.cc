@@ -217,17 +217,9 @@ absl::StatusOr<std::unique_ptr<Normalizer>> NormalizerFromJson(const nlohmann::j
                                                *std::move(content));
   }
   if (*type == "Sequence") {
-    auto it = json.find("normalizers");
-    if (it == json.end() || !it->is_array()) {
-      return absl::InvalidArgumentError("Sequence normalizer needs a \"normalizers\" array");
-    }
-    std::vector<std::unique_ptr<Normalizer>> parts;
-    for (const auto& item : *it) {
-      absl::StatusOr<std::unique_ptr<Normalizer>> part = NormalizerFromJson(item);
-      if (!part.ok()) return part.status();
-      if (*part != nullptr) parts.push_back(*std::move(part));
-    }
-    return std::make_unique<SequenceNormalizer>(std::move(parts));
+    auto parts = ParseSequenceParts<Normalizer>(json, "normalizers", "normalizer", [](const nlohmann::json& item) { return NormalizerFromJson(item); });
+    if (!parts.ok()) return parts.status();
+    return std::make_unique<SequenceNormalizer>(*std::move(parts));
   }
   return absl::UnimplementedError(absl::StrCat("normalizer type \"", *type, "\" is not supported"));
 }

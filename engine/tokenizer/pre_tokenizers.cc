@@ -373,17 +373,9 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizerFromJson(const nlohman
                                                /*invert=*/true);
   }
   if (*type == "Sequence") {
-    auto it = json.find("pretokenizers");
-    if (it == json.end() || !it->is_array()) {
-      return absl::InvalidArgumentError("Sequence pre_tokenizer needs a \"pretokenizers\" array");
-    }
-    std::vector<std::unique_ptr<PreTokenizer>> parts;
-    for (const auto& item : *it) {
-      absl::StatusOr<std::unique_ptr<PreTokenizer>> part = PreTokenizerFromJson(item);
-      if (!part.ok()) return part.status();
-      if (*part != nullptr) parts.push_back(*std::move(part));
-    }
-    return std::make_unique<SequencePreTokenizer>(std::move(parts));
+    auto parts = ParseSequenceParts<PreTokenizer>(json, "pretokenizers", "pre_tokenizer", [](const nlohmann::json& item) { return PreTokenizerFromJson(item); });
+    if (!parts.ok()) return parts.status();
+    return std::make_unique<SequencePreTokenizer>(*std::move(parts));
   }
   return absl::UnimplementedError(
       absl::StrCat("pre_tokenizer type \"", *type, "\" is not supported"));
