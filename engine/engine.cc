@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   so.max_queue = options.max_queue;
   so.max_model_len = max_len;
   so.block_size = options.block_size;
+  so.itl_target_ms = options.itl_target_ms;
   engine->scheduler_ = std::make_unique<Scheduler>(so, engine->model_.get(), std::move(cache),
                                                    std::move(state));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });

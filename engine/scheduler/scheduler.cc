@@ -16,7 +16,8 @@ Scheduler::Scheduler(const SchedulerOptions& options, LanguageModel* model, Page
       state_cache_(std::move(state_cache)),
       state_slots_(state_cache_.shape().num_layers > 0 ? state_cache_.shape().num_slots : 0),
       uses_state_(state_cache_.shape().num_layers > 0),
-      eos_ids_(model->config().eos_token_ids) {
+      eos_ids_(model->config().eos_token_ids),
+      prefill_cap_(options.max_num_batched_tokens) {
   free_blocks_ = allocator_.num_free();
   free_state_slots_ = state_slots_.num_free();
 }
@@ -172,6 +173,19 @@ void Scheduler::Admit() {
   }
 }
 
+void Scheduler::OnStepTimed(absl::Duration step, int32_t prompt_tokens) {
+  // AIMD on the prompt tokens allowed beside decodes: halve when a step overshoots the
+  // target, grow by a quarter while steps stay well under it. It never drops below one
+  // token, so a prompt always advances (the fairness rule), and it only grows when
+  // prompts actually used the room it gave.
+  const double ms = absl::ToDoubleMilliseconds(step);
+  if (ms > options_.itl_target_ms) {
+    prefill_cap_ = std::max(1, prefill_cap_ / 2);
+  } else if (ms < 0.8 * options_.itl_target_ms && prompt_tokens >= prefill_cap_) {
+    prefill_cap_ = std::min(options_.max_num_batched_tokens, prefill_cap_ + std::max(1, prefill_cap_ / 4));
+  }
+}
+
 void Scheduler::PublishCounters() {
   std::lock_guard<std::mutex> lock(mu_);
   running_count_ = static_cast<int32_t>(running_.size());
@@ -238,6 +252,11 @@ void Scheduler::Step() {
   const int32_t block_size = kv_cache_.shape().block_size;
   std::vector<Sequence*> order;
   for (const SeqPtr& p : running_) order.push_back(p.get());
+  // With an inter-token latency target, prompt chunks that share a step with decodes are
+  // capped by prefill_cap_, which OnStepTimed adapts to the measured step times.
+  const bool limit_prefill = options_.itl_target_ms > 0;
+  int32_t decodes = 0;
+  int32_t prompt_tokens = 0;
   for (Sequence* seq : order) {
     if (budget <= 0) break;
     // A sequence preempted earlier in this loop is back in the queue: skip it.
@@ -246,11 +265,19 @@ void Scheduler::Step() {
       continue;
     }
     const int32_t remaining = static_cast<int32_t>(seq->tokens.size()) - seq->num_computed;
-    const int32_t count = std::min(remaining, budget);
+    int32_t count = std::min(remaining, budget);
+    if (remaining > 1 && limit_prefill && decodes > 0) {
+      count = std::min(count, prefill_cap_ - prompt_tokens);
+    }
     if (count <= 0) continue;
     if (!EnsureBlocks(seq, seq->num_computed + count, pinned)) continue;
     pinned.insert(seq);
     budget -= count;
+    if (remaining == 1) {
+      ++decodes;
+    } else {
+      prompt_tokens += count;
+    }
     const int32_t start = batch.num_tokens();
     for (int32_t j = 0; j < count; ++j) {
       const int32_t pos = seq->num_computed + j;
@@ -276,7 +303,9 @@ void Scheduler::Step() {
     return;
   }
 
+  const absl::Time step_start = absl::Now();
   absl::Status status = model_->ForwardWithCosts(batch, &kv_cache_, &state_cache_, &logits_, &costs_);
+  if (limit_prefill && decodes > 0) OnStepTimed(absl::Now() - step_start, prompt_tokens);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;

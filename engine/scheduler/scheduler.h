@@ -10,6 +10,9 @@
 //     prompts fill the rest of max_num_batched_tokens in admission order. A prompt that
 //     does not fit is chunked, so long prompts never stall decodes (fairness rule: the
 //     oldest admitted prompt always gets at least one chunk per step).
+//     With --itl_target_ms, prompt tokens beside decodes are further capped by a limit
+//     that adapts (AIMD) to the measured step time, trading time-to-first-token of long
+//     prompts for the inter-token latency of running streams.
 //  4. When a sequence needs a KV block and none is free, the lowest-priority, newest
 //     running sequence is preempted by recompute: its blocks are freed and it goes back
 //     to the queue with its generated tokens, to be prefilled again later.
@@ -25,6 +28,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "engine/cache/kv_cache.h"
 #include "engine/model/language_model.h"
 #include "engine/request.h"
@@ -38,6 +42,9 @@ struct SchedulerOptions {
   int32_t max_queue = 1024;
   int64_t max_model_len = 0;
   int32_t block_size = 16;
+  // Inter-token latency target in ms (0: off). When set, the prompt tokens that share a
+  // step with running decodes adapt so steps stay near the target (see OnStepTimed).
+  double itl_target_ms = 0;
 };
 
 struct SchedulerStats {
@@ -100,6 +107,7 @@ class Scheduler {
                     const absl::flat_hash_set<const Sequence*>& pinned);
   bool PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned);
   void PublishCounters();
+  void OnStepTimed(absl::Duration step, int32_t prompt_tokens);
   // Returns a sequence's KV blocks and state slot to their pools.
   void ReleaseResources(Sequence* seq);
   void Finish(SeqPtr seq, absl::Status status, FinishReason reason);
@@ -113,6 +121,7 @@ class Scheduler {
   StateSlotPool state_slots_;
   bool uses_state_ = false;
   std::vector<int32_t> eos_ids_;
+  int32_t prefill_cap_;  // prompt tokens allowed in a step with decodes (ITL target)
 
   mutable std::mutex mu_;  // guards inbox_, draining_, counters read by Stats()
   std::deque<SeqPtr> inbox_;

@@ -31,6 +31,7 @@ class FakeModel : public LanguageModel {
   absl::Status Forward(const ForwardBatch& batch, PagedKvCache*, RecurrentStateCache*,
                        std::vector<float>* logits) override {
     batches.push_back(batch);
+    if (per_token_delay > absl::ZeroDuration()) absl::SleepFor(per_token_delay * batch.num_tokens());
     logits->assign(batch.logit_rows.size() * kVocab, 0.f);
     for (size_t r = 0; r < batch.logit_rows.size(); ++r) {
       const int32_t next = (batch.token_ids[batch.logit_rows[r]] + 1) % kVocab;
@@ -39,6 +40,7 @@ class FakeModel : public LanguageModel {
     return absl::OkStatus();
   }
   double DenseFlops(int64_t past, int64_t tokens) const override { return static_cast<double>(tokens); }
+  absl::Duration per_token_delay = absl::ZeroDuration();  // simulated cost of a step
 
   std::vector<ForwardBatch> batches;
 
@@ -160,6 +162,33 @@ TEST(SchedulerTest, ChunkedPrefillKeepsDecodesFlowingUnderTheTokenBudget) {
   Result r = Read(*longer);
   EXPECT_EQ(r.tokens, (std::vector<int32_t>{8}));
   EXPECT_EQ(Read(*decoder).tokens.size(), 20u);
+}
+
+TEST(SchedulerTest, ItlTargetShrinksPromptChunksBesideDecodes) {
+  SchedulerOptions o;
+  o.max_num_seqs = 4;
+  o.max_num_batched_tokens = 64;
+  o.itl_target_ms = 12;  // at 1 ms a token, decodes plus ~11 prompt tokens fit
+  Harness h(o, /*num_blocks=*/1024);
+  h.model.per_token_delay = absl::Milliseconds(1);
+  auto decoder = h.Submit({5}, 60);
+  h.scheduler->Step();
+  auto longer = h.Submit(std::vector<int32_t>(1000, 7), 1);
+  for (int i = 0; i < 40; ++i) h.scheduler->Step();
+  // After adapting, steps that carry the decode stay near the target.
+  int late_steps = 0, over = 0;
+  for (size_t b = h.model.batches.size() - 10; b < h.model.batches.size(); ++b) {
+    const ForwardBatch& batch = h.model.batches[b];
+    if (batch.sequences.size() < 2) continue;
+    ++late_steps;
+    if (batch.num_tokens() > 24) ++over;
+    EXPECT_GE(batch.sequences[1].query_len, 1) << "the prompt still advances every step";
+  }
+  EXPECT_GT(late_steps, 5);
+  EXPECT_EQ(over, 0) << "prompt chunks did not shrink toward the 12 ms target";
+  h.RunToIdle();
+  EXPECT_EQ(Read(*longer).finals, 1);
+  EXPECT_EQ(Read(*decoder).tokens.size(), 60u);
 }
 
 TEST(SchedulerTest, PreemptsLowestPriorityThenNewestAndRecomputes) {
