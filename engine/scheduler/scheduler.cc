@@ -233,12 +233,22 @@ void Scheduler::Step() {
   DropCancelledAndExpired();
   Admit();
 
-  // Decode-first ordering: sequences with exactly one token to compute come first.
+  // Decode-first ordering: sequences with exactly one token to compute come first, then
+  // prompts with the fewest tokens left, so a short request is not held behind a long
+  // prompt's prefill. The oldest admitted prompt is kept from starving below.
   std::stable_sort(running_.begin(), running_.end(), [](const SeqPtr& a, const SeqPtr& b) {
-    const bool da = a->tokens.size() - a->num_computed == 1;
-    const bool db = b->tokens.size() - b->num_computed == 1;
-    return da && !db;
+    const int64_t ra = static_cast<int64_t>(a->tokens.size()) - a->num_computed;
+    const int64_t rb = static_cast<int64_t>(b->tokens.size()) - b->num_computed;
+    if ((ra == 1) != (rb == 1)) return ra == 1;
+    return ra != 1 && ra < rb;
   });
+  const Sequence* oldest_prompt = nullptr;
+  for (const SeqPtr& p : running_) {
+    if (p->tokens.size() - p->num_computed > 1 &&
+        (oldest_prompt == nullptr || p->arrival < oldest_prompt->arrival)) {
+      oldest_prompt = p.get();
+    }
+  }
 
   ForwardBatch batch;
   struct Scheduled {
@@ -265,9 +275,16 @@ void Scheduler::Step() {
       continue;
     }
     const int32_t remaining = static_cast<int32_t>(seq->tokens.size()) - seq->num_computed;
-    int32_t count = std::min(remaining, budget);
+    // Fairness rule: one token of the budget stays reserved for the oldest admitted
+    // prompt until it has been scheduled, whatever the shorter prompts take.
+    const int32_t reserve = (oldest_prompt != nullptr && seq != oldest_prompt) ? 1 : 0;
+    int32_t count = std::min(remaining, budget - (remaining > 1 ? reserve : 0));
     if (remaining > 1 && limit_prefill && decodes > 0) {
-      count = std::min(count, prefill_cap_ - prompt_tokens);
+      count = std::min(count, prefill_cap_ - prompt_tokens - reserve);
+    }
+    if (seq == oldest_prompt) {
+      oldest_prompt = nullptr;
+      count = std::max(count, std::min(remaining, std::max(budget, 0)) > 0 ? 1 : 0);
     }
     if (count <= 0) continue;
     if (!EnsureBlocks(seq, seq->num_computed + count, pinned)) continue;

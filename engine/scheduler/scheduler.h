@@ -7,9 +7,10 @@
 //  2. Admit queued requests, highest priority first, then oldest, while the running
 //     set is below max_num_seqs and KV blocks for their prompt are free.
 //  3. Decode-first: every running decode gets its token before any prompt chunk, then
-//     prompts fill the rest of max_num_batched_tokens in admission order. A prompt that
-//     does not fit is chunked, so long prompts never stall decodes (fairness rule: the
-//     oldest admitted prompt always gets at least one chunk per step).
+//     prompts fill the rest of max_num_batched_tokens, fewest remaining tokens first, so
+//     short requests are not held behind a long prefill. A prompt that does not fit is
+//     chunked, so long prompts never stall decodes (fairness rule: one token of every
+//     step is reserved for the oldest admitted prompt, so it always advances).
 //     With --itl_target_ms, prompt tokens beside decodes are further capped by a limit
 //     that adapts (AIMD) to the measured step time, trading time-to-first-token of long
 //     prompts for the inter-token latency of running streams.

@@ -157,11 +157,38 @@ TEST(SchedulerTest, ChunkedPrefillKeepsDecodesFlowingUnderTheTokenBudget) {
     EXPECT_EQ(b.sequences[0].query_len, 1) << "the decode goes first every step";
     if (b.sequences.size() > 1) prompt_chunks.push_back(b.sequences[1].query_len);
   }
-  EXPECT_EQ(prompt_chunks, (std::vector<int32_t>{7, 7, 6}));
+  EXPECT_EQ(prompt_chunks, (std::vector<int32_t>{7, 7, 6}));  // one prompt: no reservation
   h.RunToIdle();
   Result r = Read(*longer);
   EXPECT_EQ(r.tokens, (std::vector<int32_t>{8}));
   EXPECT_EQ(Read(*decoder).tokens.size(), 20u);
+}
+
+TEST(SchedulerTest, ShortPromptsGoFirstButTheOldestPromptAlwaysAdvances) {
+  SchedulerOptions o;
+  o.max_num_seqs = 4;
+  o.max_num_batched_tokens = 16;
+  Harness h(o, /*num_blocks=*/256);
+  auto longer = h.Submit(std::vector<int32_t>(100, 3), 1);
+  h.scheduler->Step();  // the long prompt starts: 16 of its 100 tokens
+  auto shorter = h.Submit(std::vector<int32_t>(10, 4), 1);
+  h.scheduler->Step();
+  const ForwardBatch& b = h.model.batches.back();
+  ASSERT_EQ(b.sequences.size(), 2u);
+  EXPECT_EQ(b.token_ids[b.sequences[0].query_start], 4) << "the shorter prompt goes first";
+  EXPECT_EQ(b.sequences[0].query_len, 10);
+  EXPECT_EQ(b.sequences[1].query_len, 6) << "the older prompt still gets the rest";
+  // Even when short prompts would fill the whole budget, the oldest one gets a token.
+  std::vector<std::shared_ptr<RequestChannel>> many;
+  for (int i = 0; i < 3; ++i) many.push_back(h.Submit(std::vector<int32_t>(16, 5), 1));
+  h.scheduler->Step();
+  const ForwardBatch& c = h.model.batches.back();
+  bool oldest_ran = false;
+  for (const auto& s : c.sequences) oldest_ran |= c.token_ids[s.query_start] == 3;
+  EXPECT_TRUE(oldest_ran);
+  h.RunToIdle();
+  EXPECT_EQ(Read(*longer).finals, 1);
+  EXPECT_EQ(Read(*shorter).finals, 1);
 }
 
 TEST(SchedulerTest, ItlTargetShrinksPromptChunksBesideDecodes) {
