@@ -150,6 +150,13 @@ void PanelKernel(const float* x, int64_t k, int64_t padded_k, const uint16_t* pa
 
 }  // namespace
 
+// How many 3-row kernel calls cover `rows`: a lone leftover row streams a whole panel
+// for one row's work, so 3k + 1 rows run as 3(k - 1) + 2 + 2 instead.
+int64_t RowTriples(int64_t rows) {
+  const int64_t triples = rows / 3;
+  return (rows % 3 == 1 && triples > 0) ? triples - 1 : triples;
+}
+
 bool Bf16ComputeAvailable() {
 #ifdef SLUICE_GEMM_AVX512_BF16
   return __builtin_cpu_supports("avx512bf16");
@@ -178,9 +185,10 @@ void GemmF32Bf16(const float* x, int64_t m, const PackedBf16Weight& w, float* y,
         const uint16_t* xt = xb.data() + m0 * pk;
         float* yt = y + m0 * ldy + p * kRows;
         int64_t i = 0;
-        for (; i + 3 <= rows; i += 3) PanelKernelBf16<3>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
-        if (rows - i == 2) PanelKernelBf16<2>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
-        if (rows - i == 1) PanelKernelBf16<1>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
+        const int64_t triples = RowTriples(rows);
+        for (; i < 3 * triples; i += 3) PanelKernelBf16<3>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
+        for (; i + 2 <= rows; i += 2) PanelKernelBf16<2>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
+        if (i < rows) PanelKernelBf16<1>(xt + i * pk, pk, w.panel(p), yt + i * ldy, ldy, valid);
       }
     }
     return;
@@ -197,9 +205,10 @@ void GemmF32Bf16(const float* x, int64_t m, const PackedBf16Weight& w, float* y,
       const float* xt = x + m0 * k;
       float* yt = y + m0 * ldy + p * kRows;
       int64_t i = 0;
-      for (; i + 3 <= rows; i += 3) PanelKernel<3>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
-      if (rows - i == 2) PanelKernel<2>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
-      if (rows - i == 1) PanelKernel<1>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
+      const int64_t triples = RowTriples(rows);
+      for (; i < 3 * triples; i += 3) PanelKernel<3>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
+      for (; i + 2 <= rows; i += 2) PanelKernel<2>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
+      if (i < rows) PanelKernel<1>(xt + i * k, k, w.padded_k(), w.panel(p), yt + i * ldy, ldy, valid);
     }
   }
 }

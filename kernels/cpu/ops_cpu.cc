@@ -272,7 +272,10 @@ void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cach
         const int64_t slot = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size +
                              j % block_size;
         const float* kv = k_cache.data<float>() + slot * kv_row + g * d;
+        // A SIMD reduction: a fixed lane order (the same for every batch), which the
+        // compiler may not pick by itself without -ffast-math.
         float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
         for (int64_t c = 0; c < d; ++c) dot += qv[c] * kv[c];
         scores[j] = dot * scale;
         max_score = std::max(max_score, scores[j]);
