@@ -171,7 +171,9 @@ TEST_F(EngineTest, DeadlinePassesWhileQueuedAndWhileRunning) {
   ASSERT_TRUE(e->Submit(slow, running).ok());
   Outcome r = Drain(*running);
   // Either it finished inside 30 ms or it was stopped with DEADLINE_EXCEEDED.
-  if (!r.status.ok()) EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded);
+  if (!r.status.ok()) {
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded);
+  }
   ExpectAllFree(*e);
 }
 
