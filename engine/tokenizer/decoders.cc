@@ -79,35 +79,16 @@ class MetaspaceDecoder final : public Decoder {
 class ReplaceDecoder final : public Decoder {
  public:
   ReplaceDecoder(std::string literal, std::unique_ptr<Regex> regex, std::string content)
-      : literal_(std::move(literal)), regex_(std::move(regex)), content_(std::move(content)) {}
+      : replacement_(std::move(literal), std::move(regex), std::move(content)) {}
   absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
-    std::vector<std::pair<size_t, size_t>> matches;
     for (std::string& token : *tokens) {
-      if (regex_ == nullptr) {
-        if (!literal_.empty() && token.find(literal_) != std::string::npos) {
-          token = absl::StrReplaceAll(token, {{literal_, content_}});
-        }
-        continue;
-      }
-      if (absl::Status s = regex_->FindAll(token, &matches); !s.ok()) return s;
-      if (matches.empty()) continue;
-      std::string out;
-      size_t last = 0;
-      for (const auto& [b, e] : matches) {
-        out.append(token, last, b - last);
-        out.append(content_);
-        last = e;
-      }
-      out.append(token, last, std::string::npos);
-      token = std::move(out);
+      if (absl::Status s = replacement_.Apply(&token); !s.ok()) return s;
     }
     return absl::OkStatus();
   }
 
  private:
-  std::string literal_;
-  std::unique_ptr<Regex> regex_;
-  std::string content_;
+  Replacement replacement_;
 };
 
 // Turns runs of <0xXX> tokens back into text; an invalid run becomes one

@@ -138,32 +138,11 @@ class PrependNormalizer final : public Normalizer {
 class ReplaceNormalizer final : public Normalizer {
  public:
   ReplaceNormalizer(std::string literal, std::unique_ptr<Regex> regex, std::string content)
-      : literal_(std::move(literal)), regex_(std::move(regex)), content_(std::move(content)) {}
-  absl::Status Normalize(std::string* text) const override {
-    if (regex_ == nullptr) {
-      if (literal_.empty() || text->find(literal_) == std::string::npos) return absl::OkStatus();
-      *text = absl::StrReplaceAll(*text, {{literal_, content_}});
-      return absl::OkStatus();
-    }
-    std::vector<std::pair<size_t, size_t>> matches;
-    if (absl::Status s = regex_->FindAll(*text, &matches); !s.ok()) return s;
-    if (matches.empty()) return absl::OkStatus();
-    std::string out;
-    size_t last = 0;
-    for (const auto& [b, e] : matches) {
-      out.append(*text, last, b - last);
-      out.append(content_);
-      last = e;
-    }
-    out.append(*text, last, std::string::npos);
-    *text = std::move(out);
-    return absl::OkStatus();
-  }
+      : replacement_(std::move(literal), std::move(regex), std::move(content)) {}
+  absl::Status Normalize(std::string* text) const override { return replacement_.Apply(text); }
 
  private:
-  std::string literal_;
-  std::unique_ptr<Regex> regex_;
-  std::string content_;
+  Replacement replacement_;
 };
 
 class SequenceNormalizer final : public Normalizer {

@@ -1,5 +1,7 @@
 #include "engine/tokenizer/regex.h"
 
+#include "absl/strings/str_replace.h"
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -171,6 +173,28 @@ absl::Status Regex::FindAll(std::string_view text,
       offset = end + Utf8SequenceLength(static_cast<uint8_t>(text[end]));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status Replacement::Apply(std::string* text) const {
+  if (regex_ == nullptr) {
+    if (!literal_.empty() && text->find(literal_) != std::string::npos) {
+      *text = absl::StrReplaceAll(*text, {{literal_, content_}});
+    }
+    return absl::OkStatus();
+  }
+  std::vector<std::pair<size_t, size_t>> matches;
+  if (absl::Status s = regex_->FindAll(*text, &matches); !s.ok()) return s;
+  if (matches.empty()) return absl::OkStatus();
+  std::string out;
+  size_t last = 0;
+  for (const auto& [b, e] : matches) {
+    out.append(*text, last, b - last);
+    out.append(content_);
+    last = e;
+  }
+  out.append(*text, last, std::string::npos);
+  *text = std::move(out);
   return absl::OkStatus();
 }
 

@@ -39,6 +39,21 @@ class Regex {
   bool jit_ = false;
 };
 
+// The Replace component of tokenizer.json (normalizer and decoder alike): every match
+// of a literal string or of a regex is replaced by `content`.
+class Replacement {
+ public:
+  // Exactly one of `literal` (non-empty) or `regex` is used; regex wins when set.
+  Replacement(std::string literal, std::unique_ptr<Regex> regex, std::string content)
+      : literal_(std::move(literal)), regex_(std::move(regex)), content_(std::move(content)) {}
+  absl::Status Apply(std::string* text) const;
+
+ private:
+  std::string literal_;
+  std::unique_ptr<Regex> regex_;
+  std::string content_;
+};
+
 }  // namespace sluice::tokenizer::internal
 
 #endif  // SLUICE_ENGINE_TOKENIZER_REGEX_H_

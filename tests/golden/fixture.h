@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/model/causal_lm.h"
+#include "engine/model/forward_batch.h"
 
 namespace sluice::testing {
 
@@ -22,6 +24,19 @@ struct GoldenFixture {
 };
 
 std::string ModelFixtureDir(const std::string& name);
+
+struct PrefillResult {
+  std::vector<float> logits;  // every position of every prompt, concatenated
+  std::vector<engine::SequenceCost> costs;
+  absl::Status status;
+};
+
+// Runs the prompts as one ragged prefill batch on a fresh KV cache and state cache, with
+// small KV blocks handed out in descending order so block tables are not trivial.
+// budgets: empty, or one per prompt (null: none).
+PrefillResult PrefillBatch(engine::CausalLm& model,
+                           const std::vector<const std::vector<int32_t>*>& prompts,
+                           const std::vector<const engine::SequenceBudget*>& budgets = {});
 absl::StatusOr<GoldenFixture> LoadGoldenFixture(const std::string& name);
 
 }  // namespace sluice::testing

@@ -37,43 +37,9 @@ class ModelGoldenTest : public ::testing::TestWithParam<Case> {
   // Runs the given prompts as one ragged batch on a fresh cache; returns logits of
   // every position of every prompt, concatenated.
   std::vector<float> RunBatch(const std::vector<const std::vector<int32_t>*>& prompts) {
-    constexpr int32_t kBlock = 4;  // small blocks so sequences span several
-    auto shape = model_->KvShape(kBlock);
-    shape.num_blocks = 256;
-    auto cache = PagedKvCache::Create(shape, kernels::Device::kCpu);
-    EXPECT_TRUE(cache.ok());
-    auto state_shape = model_->StateShape();
-    state_shape.num_slots = static_cast<int32_t>(prompts.size()) + 1;
-    auto state = engine::RecurrentStateCache::Create(state_shape, kernels::Device::kCpu);
-    EXPECT_TRUE(state.ok());
-    ForwardBatch batch;
-    std::vector<std::vector<int32_t>> tables(prompts.size());
-    int32_t next_block = 255;  // hand out blocks in descending order: tables are not trivial
-    for (size_t s = 0; s < prompts.size(); ++s) {
-      const auto& ids = *prompts[s];
-      const int32_t start = batch.num_tokens();
-      for (int32_t b = 0; b < (static_cast<int32_t>(ids.size()) + kBlock - 1) / kBlock; ++b) {
-        tables[s].push_back(next_block--);
-      }
-      for (size_t i = 0; i < ids.size(); ++i) {
-        batch.token_ids.push_back(ids[i]);
-        batch.positions.push_back(static_cast<int32_t>(i));
-        batch.slot_mapping.push_back(tables[s][i / kBlock] * kBlock + static_cast<int32_t>(i % kBlock));
-        batch.logit_rows.push_back(start + static_cast<int32_t>(i));
-      }
-      kernels::AttentionSequence meta;
-      meta.query_start = start;
-      meta.query_len = static_cast<int32_t>(ids.size());
-      meta.context_len = static_cast<int32_t>(ids.size());
-      meta.block_table = tables[s].data();
-      batch.sequences.push_back(meta);
-      batch.state_slots.push_back(static_cast<int32_t>(s) + 1);  // slot 0 left unused on purpose
-      batch.state_fresh.push_back(1);
-    }
-    std::vector<float> logits;
-    auto status = model_->Forward(batch, &*cache, &*state, &logits);
-    EXPECT_TRUE(status.ok()) << status;
-    return logits;
+    testing::PrefillResult result = testing::PrefillBatch(*model_, prompts);
+    EXPECT_TRUE(result.status.ok()) << result.status;
+    return result.logits;
   }
 
   void ExpectClose(const float* got, const std::vector<float>& want, const std::string& what) {

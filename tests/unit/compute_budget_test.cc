@@ -49,48 +49,12 @@ ComputeBudget SkipRatio(float r) {
   return b;
 }
 
-struct BatchResult {
-  std::vector<float> logits;  // every position of every prompt, concatenated
-  std::vector<SequenceCost> costs;
-};
+using BatchResult = testing::PrefillResult;
 
-// Runs the prompts as one ragged prefill batch on a fresh cache. budgets: empty, or one
-// per prompt (null: none).
 BatchResult RunBatch(CausalLm& model, const std::vector<const std::vector<int32_t>*>& prompts,
                      const std::vector<const SequenceBudget*>& budgets = {}) {
-  constexpr int32_t kBlock = 4;
-  auto shape = model.KvShape(kBlock);
-  shape.num_blocks = 256;
-  auto cache = PagedKvCache::Create(shape, kernels::Device::kCpu);
-  EXPECT_TRUE(cache.ok());
-  auto state_shape = model.StateShape();
-  state_shape.num_slots = static_cast<int32_t>(prompts.size()) + 1;
-  auto state = engine::RecurrentStateCache::Create(state_shape, kernels::Device::kCpu);
-  EXPECT_TRUE(state.ok());
-  ForwardBatch batch;
-  std::vector<std::vector<int32_t>> tables(prompts.size());
-  int32_t next_block = 255;
-  for (size_t s = 0; s < prompts.size(); ++s) {
-    const auto& ids = *prompts[s];
-    const int32_t start = batch.num_tokens();
-    for (int32_t b = 0; b < (static_cast<int32_t>(ids.size()) + kBlock - 1) / kBlock; ++b) {
-      tables[s].push_back(next_block--);
-    }
-    for (size_t i = 0; i < ids.size(); ++i) {
-      batch.token_ids.push_back(ids[i]);
-      batch.positions.push_back(static_cast<int32_t>(i));
-      batch.slot_mapping.push_back(tables[s][i / kBlock] * kBlock + static_cast<int32_t>(i % kBlock));
-      batch.logit_rows.push_back(start + static_cast<int32_t>(i));
-    }
-    batch.sequences.push_back({start, static_cast<int32_t>(ids.size()), static_cast<int32_t>(ids.size()),
-                               tables[s].data()});
-    batch.state_slots.push_back(static_cast<int32_t>(s) + 1);
-    batch.state_fresh.push_back(1);
-  }
-  batch.budgets = budgets;
-  BatchResult out;
-  auto status = model.ForwardWithCosts(batch, &*cache, &*state, &out.logits, &out.costs);
-  EXPECT_TRUE(status.ok()) << status;
+  BatchResult out = testing::PrefillBatch(model, prompts, budgets);
+  EXPECT_TRUE(out.status.ok()) << out.status;
   return out;
 }
 
