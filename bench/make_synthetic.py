@@ -33,32 +33,31 @@ def qwen3_5_0_8b():
     return text
 
 
-def qwen3_5_moe_2b8():
-    return {
-        "model_type": "qwen3_5_moe_text", "vocab_size": 248320, "hidden_size": 1024,
-        "num_hidden_layers": 16, "full_attention_interval": 4,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
-        "linear_num_key_heads": 8, "linear_num_value_heads": 16,
-        "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
-        "num_experts": 128, "num_experts_per_tok": 4, "moe_intermediate_size": 384,
-        "shared_expert_intermediate_size": 384, "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0,
-                            "partial_rotary_factor": 0.25},
-    }
-
-
-def qwen3_5_dense_2b8():
-    return {
-        "model_type": "qwen3_5_text", "vocab_size": 248320, "hidden_size": 2048,
-        "num_hidden_layers": 24, "full_attention_interval": 4, "intermediate_size": 9728,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
-        "linear_num_key_heads": 16, "linear_num_value_heads": 16,
+def qwen3_5_text(**overrides):
+    """A scaled Qwen3.5 text decoder: the family's vocabulary, hybrid layout and RoPE."""
+    config = {
+        "model_type": "qwen3_5_text", "vocab_size": 248320,
+        "full_attention_interval": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
         "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
         "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0,
                             "partial_rotary_factor": 0.25},
     }
+    config.update(overrides)
+    return config
+
+
+def qwen3_5_moe_2b8():
+    return qwen3_5_text(
+        model_type="qwen3_5_moe_text", hidden_size=1024, num_hidden_layers=16, head_dim=256,
+        linear_num_key_heads=8, linear_num_value_heads=16, num_experts=128,
+        num_experts_per_tok=4, moe_intermediate_size=384, shared_expert_intermediate_size=384)
+
+
+def qwen3_5_dense_2b8():
+    return qwen3_5_text(
+        hidden_size=2048, num_hidden_layers=24, intermediate_size=9728, head_dim=256,
+        linear_num_key_heads=16, linear_num_value_heads=16)
 
 
 def qwen3_5_moe_2b7_k8():
@@ -68,18 +67,10 @@ def qwen3_5_moe_2b7_k8():
     in qwen3_5_moe_2b8 the routed experts are only ~15 % of the bytes a decode step reads,
     so no expert budget can speed it up much. Here they are about half.
     """
-    return {
-        "model_type": "qwen3_5_moe_text", "vocab_size": 248320, "hidden_size": 768,
-        "num_hidden_layers": 16, "full_attention_interval": 4,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128,
-        "linear_num_key_heads": 8, "linear_num_value_heads": 16,
-        "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
-        "num_experts": 64, "num_experts_per_tok": 8, "moe_intermediate_size": 1024,
-        "shared_expert_intermediate_size": 512, "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0,
-                            "partial_rotary_factor": 0.25},
-    }
+    return qwen3_5_text(
+        model_type="qwen3_5_moe_text", hidden_size=768, num_hidden_layers=16, head_dim=128,
+        linear_num_key_heads=8, linear_num_value_heads=16, num_experts=64,
+        num_experts_per_tok=8, moe_intermediate_size=1024, shared_expert_intermediate_size=512)
 
 
 MODELS = {"qwen3_5_0_8b": qwen3_5_0_8b, "qwen3_5_moe_2b8": qwen3_5_moe_2b8,

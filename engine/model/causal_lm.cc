@@ -605,8 +605,8 @@ double CausalLm::DenseFlops(int64_t past, int64_t tokens) const {
       }
     }
   }
-  // The LM head runs once per sampled position; count it per new token for simplicity
-  // of a dense reference: prefill runs it only on the last token.
+  // The LM head runs once per call: a step samples at most one position per sequence
+  // (a prefill only its last token).
   flops += 2.0 * lm_head_->in_features() * lm_head_->out_features();
   return flops;
 }
