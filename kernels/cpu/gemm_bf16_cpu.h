@@ -20,12 +20,19 @@ namespace sluice::kernels::cpu {
 // lane j, element 16 + j in its high half), so two plain bit operations widen a line
 // to two f32 vectors with no shuffle: lane << 16 and lane & 0xffff0000.
 //
-// With bf16 compute (MatmulPrecision::kBf16) the line instead keeps the 32 values in
-// order, the pairs that one vdpbf16ps lane multiplies.
+//
+// With bf16 compute (MatmulPrecision::kBf16) a panel is instead kPairPanelCols output
+// columns wide, stored K pair by K pair: for pair q, two 64-byte lines hold columns
+// 0..15 and 16..31, lane j being (w[j][2q], w[j][2q + 1]), the pair one vdpbf16ps lane
+// multiplies. The kernel broadcasts an activation pair and accumulates an outer product,
+// so no horizontal sums are needed and one weight load feeds up to 12 token rows; with
+// a dot-product layout the loads and the horizontal sums held the kernel to a third of
+// the vdpbf16ps peak. Each output is still one sequential chain over K whatever M is.
 class PackedBf16Weight {
  public:
   static constexpr int64_t kPanelRows = 8;
   static constexpr int64_t kChunk = 32;
+  static constexpr int64_t kPairPanelCols = 32;
 
   PackedBf16Weight() = default;
   // w: bf16 [n, k] row-major (Hugging Face layout).
@@ -34,9 +41,12 @@ class PackedBf16Weight {
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
+  // K rounded up to a whole chunk (f32 compute) or pair (bf16 compute).
   int64_t padded_k() const { return padded_k_; }
-  const uint16_t* panel(int64_t p) const { return data_.data() + p * kPanelRows * padded_k_; }
-  int64_t num_panels() const { return (n_ + kPanelRows - 1) / kPanelRows; }
+  // Output rows (f32 compute) or columns (bf16 compute) per panel.
+  int64_t panel_width() const { return bf16_compute_ ? kPairPanelCols : kPanelRows; }
+  const uint16_t* panel(int64_t p) const { return data_.data() + p * panel_width() * padded_k_; }
+  int64_t num_panels() const { return (n_ + panel_width() - 1) / panel_width(); }
 
  private:
   int64_t n_ = 0, k_ = 0, padded_k_ = 0;

@@ -3,12 +3,14 @@
 // each one's greedy and seeded-sampled tokens equal what it produces alone.
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
+#include "kernels/ops.h"
 #include "tests/golden/fixture.h"
 
 namespace sluice::engine {
@@ -28,11 +30,21 @@ std::vector<int32_t> Collect(RequestChannel& channel, absl::Status* status) {
   return tokens;
 }
 
-class BatchInvarianceTest : public ::testing::TestWithParam<const char*> {};
+struct InvarianceCase {
+  const char* fixture;
+  kernels::MatmulPrecision precision;
+};
+
+class BatchInvarianceTest : public ::testing::TestWithParam<InvarianceCase> {};
 
 TEST_P(BatchInvarianceTest, SixteenConcurrentRequestsMatchTheirSoloRuns) {
   EngineOptions options;
-  options.model_dir = testing::ModelFixtureDir(GetParam());
+  options.model_dir = testing::ModelFixtureDir(GetParam().fixture);
+  options.matmul_precision = GetParam().precision;
+  if (options.matmul_precision == kernels::MatmulPrecision::kBf16 &&
+      !kernels::SetMatmulPrecision(kernels::MatmulPrecision::kBf16).ok()) {
+    GTEST_SKIP() << "this CPU or build has no AVX512-BF16";
+  }
   options.kv_cache_memory = 64 << 20;
   options.max_num_seqs = 16;
   options.max_num_batched_tokens = 96;  // forces chunked prefills that share steps with decodes
@@ -84,8 +96,16 @@ TEST_P(BatchInvarianceTest, SixteenConcurrentRequestsMatchTheirSoloRuns) {
   EXPECT_EQ(stats.free_state_slots, stats.total_state_slots);
 }
 
+// The bf16-compute case covers the serving-throughput kernel (row groups of up to 12
+// tokens, so a 16-sequence batch mixes group sizes).
 INSTANTIATE_TEST_SUITE_P(HybridFixtures, BatchInvarianceTest,
-                         ::testing::Values("qwen3_next_bf16", "qwen3_next_f32"));
+                         ::testing::Values(InvarianceCase{"qwen3_next_bf16", kernels::MatmulPrecision::kF32},
+                                           InvarianceCase{"qwen3_next_f32", kernels::MatmulPrecision::kF32},
+                                           InvarianceCase{"qwen3_next_bf16", kernels::MatmulPrecision::kBf16}),
+                         [](const ::testing::TestParamInfo<InvarianceCase>& info) {
+                           return std::string(info.param.fixture) +
+                                  (info.param.precision == kernels::MatmulPrecision::kBf16 ? "_bf16_compute" : "");
+                         });
 
 }  // namespace
 }  // namespace sluice::engine

@@ -89,23 +89,26 @@ TEST(KernelsTest, Bf16ComputeRoundsActivationsAndStaysBatchInvariant) {
   auto linear = Linear::Create(weight, Device::kCpu);
   ASSERT_TRUE(SetMatmulPrecision(MatmulPrecision::kF32).ok());
   ASSERT_TRUE(linear.ok());
-  const int64_t m = 11;
-  auto x = Random(m * k, 12);
-  Tensor xt = Make(x, {m, k});
-  Tensor y = *Tensor::Empty({m, n}, DType::kF32);
-  ASSERT_TRUE((*linear)->Forward(xt, &y).ok());
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      double ref = 0;  // the activations rounded to bf16, as the kernel does
-      for (int64_t c = 0; c < k; ++c) {
-        ref += double(Bf16ToF32(F32ToBf16(x[i * k + c]))) * Bf16ToF32(weight.data<uint16_t>()[j * k + c]);
+  // 1 row, one group of rows, and three groups of unequal size (the kernel takes at
+  // most 12 rows at a time).
+  for (const int64_t m : {int64_t{1}, int64_t{11}, int64_t{31}}) {
+    auto x = Random(m * k, 12);
+    Tensor xt = Make(x, {m, k});
+    Tensor y = *Tensor::Empty({m, n}, DType::kF32);
+    ASSERT_TRUE((*linear)->Forward(xt, &y).ok());
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        double ref = 0;  // the activations rounded to bf16, as the kernel does
+        for (int64_t c = 0; c < k; ++c) {
+          ref += double(Bf16ToF32(F32ToBf16(x[i * k + c]))) * Bf16ToF32(weight.data<uint16_t>()[j * k + c]);
+        }
+        EXPECT_NEAR(y.data<float>()[i * n + j], ref, 1e-4) << "m " << m << " row " << i << " col " << j;
       }
-      EXPECT_NEAR(y.data<float>()[i * n + j], ref, 1e-4);
+      Tensor one = Make(std::vector<float>(x.begin() + i * k, x.begin() + (i + 1) * k), {1, k});
+      Tensor y1 = *Tensor::Empty({1, n}, DType::kF32);
+      ASSERT_TRUE((*linear)->Forward(one, &y1).ok());
+      for (int64_t j = 0; j < n; ++j) EXPECT_EQ(y1.data<float>()[j], y.data<float>()[i * n + j]);
     }
-    Tensor one = Make(std::vector<float>(x.begin() + i * k, x.begin() + (i + 1) * k), {1, k});
-    Tensor y1 = *Tensor::Empty({1, n}, DType::kF32);
-    ASSERT_TRUE((*linear)->Forward(one, &y1).ok());
-    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(y1.data<float>()[j], y.data<float>()[i * n + j]);
   }
 }
 
