@@ -29,6 +29,10 @@ ABSL_FLAG(int32_t, prompt_tokens, 64, "Prompt length of the decode clients");
 ABSL_FLAG(int32_t, max_tokens, 64, "Tokens per request");
 ABSL_FLAG(int32_t, long_prompt_tokens, 0, "If > 0, one extra client keeps sending prompts this long");
 ABSL_FLAG(int32_t, vocab, 1000, "Token ids are drawn from [0, vocab)");
+ABSL_FLAG(double, warmup_seconds, 0,
+          "Seconds of load before the measuring window at each level: requests started in "
+          "them are not sampled and their tokens are not counted, so the figures describe "
+          "steady state rather than the start-up burst of prefills");
 
 namespace {
 
@@ -63,7 +67,7 @@ v1::GenerateRequest MakeRequest(std::mt19937& rng, int32_t prompt_tokens, int32_
 // One streaming request; records TTFT, gaps between token-bearing messages per token,
 // and the tokens received inside the measuring window.
 void RunOne(v1::Generation::Stub* stub, const v1::GenerateRequest& req, Samples* s,
-            Clock::time_point window_end, bool record) {
+            Clock::time_point window_start, Clock::time_point window_end, bool record) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
   const auto start = Clock::now();
@@ -85,13 +89,13 @@ void RunOne(v1::Generation::Stub* stub, const v1::GenerateRequest& req, Samples*
       for (int i = 0; i < n; ++i) itl.push_back(ms / n);
     }
     last = now;
-    if (now <= window_end) tokens += n;
+    if (now >= window_start && now <= window_end) tokens += n;
   }
   const bool ok = reader->Finish().ok();
   std::lock_guard<std::mutex> lock(s->mu);
   if (!ok) ++s->errors;
   s->tokens += tokens;
-  if (record) {
+  if (record && start >= window_start) {
     s->ttft_ms.insert(s->ttft_ms.end(), ttft.begin(), ttft.end());
     s->itl_ms.insert(s->itl_ms.end(), itl.begin(), itl.end());
   }
@@ -109,11 +113,12 @@ int main(int argc, char** argv) {
     if (absl::SimpleAtoi(part, &n) && n > 0) levels.push_back(n);
   }
   const int32_t long_prompt = absl::GetFlag(FLAGS_long_prompt_tokens);
-  std::printf("%8s %12s %10s %10s %10s %10s %8s\n", "streams", "decode tok/s", "ttft p50", "ttft p99",
-              "itl p50", "itl p99", "errors");
+  std::printf("%8s %12s %10s %10s %10s %10s %10s %8s\n", "streams", "decode tok/s", "ttft p50", "ttft p99",
+              "ttft max", "itl p50", "itl p99", "errors");
   for (int level : levels) {
     Samples samples;
-    const auto start = Clock::now();
+    const auto start = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(absl::GetFlag(FLAGS_warmup_seconds)));
     const auto window_end = start + std::chrono::duration_cast<Clock::duration>(
                                         std::chrono::duration<double>(absl::GetFlag(FLAGS_seconds)));
     std::vector<std::thread> clients;
@@ -122,7 +127,7 @@ int main(int argc, char** argv) {
         std::mt19937 rng(1000 * level + c);
         while (Clock::now() < window_end) {
           RunOne(stub.get(), MakeRequest(rng, absl::GetFlag(FLAGS_prompt_tokens), absl::GetFlag(FLAGS_max_tokens)),
-                 &samples, window_end, /*record=*/true);
+                 &samples, start, window_end, /*record=*/true);
         }
       });
     }
@@ -131,14 +136,15 @@ int main(int argc, char** argv) {
       clients.emplace_back([&] {
         std::mt19937 rng(7);
         while (Clock::now() < window_end) {
-          RunOne(stub.get(), MakeRequest(rng, long_prompt, 1), &long_samples, window_end, /*record=*/false);
+          RunOne(stub.get(), MakeRequest(rng, long_prompt, 1), &long_samples, start, window_end,
+                 /*record=*/false);
         }
       });
     }
     for (auto& t : clients) t.join();
     const double elapsed = std::chrono::duration<double>(std::min(Clock::now(), window_end) - start).count();
-    std::printf("%8d %12.1f %9.1fms %9.1fms %9.1fms %9.1fms %8lld\n", level, samples.tokens / elapsed,
-                Percentile(samples.ttft_ms, 50), Percentile(samples.ttft_ms, 99),
+    std::printf("%8d %12.1f %9.1fms %9.1fms %9.1fms %9.1fms %9.1fms %8lld\n", level, samples.tokens / elapsed,
+                Percentile(samples.ttft_ms, 50), Percentile(samples.ttft_ms, 99), Percentile(samples.ttft_ms, 100),
                 Percentile(samples.itl_ms, 50), Percentile(samples.itl_ms, 99),
                 static_cast<long long>(samples.errors + long_samples.errors));
     std::fflush(stdout);

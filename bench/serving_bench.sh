@@ -17,11 +17,12 @@ addr=127.0.0.1:$(cat "$port_file")
 until "$build/bin/sluice" --server "$addr" health >/dev/null 2>&1; do alive; sleep 0.2; done
 vocab=$("$build/bin/sluice" --server "$addr" info | awk '/vocab_size/ {print $2}')
 seconds=${SECONDS_PER_LEVEL:-15}
+warmup=${WARMUP_SECONDS:-5}  # load before each window, not measured (steady state)
 levels=${LEVELS:-1,4,16,64}
-echo "== decode throughput and latency (prompt 32, 192 new tokens per request, ${seconds}s per level)"
-"$build/bin/sluice-loadgen" --server "$addr" --streams "$levels" --seconds "$seconds" --vocab "$vocab" \
+echo "== decode throughput and latency (prompt 32, 192 new tokens per request, ${warmup}s warm-up + ${seconds}s per level)"
+"$build/bin/sluice-loadgen" --server "$addr" --streams "$levels" --seconds "$seconds" --warmup_seconds "$warmup" --vocab "$vocab" \
   --prompt_tokens 32 --max_tokens 192
 echo "== the same while one more client keeps sending 2,000-token prompts"
-"$build/bin/sluice-loadgen" --server "$addr" --streams 1,16 --seconds "$seconds" --vocab "$vocab" \
+"$build/bin/sluice-loadgen" --server "$addr" --streams 1,16 --seconds "$seconds" --warmup_seconds "$warmup" --vocab "$vocab" \
   --prompt_tokens 32 --max_tokens 192 --long_prompt_tokens 2000
 "$build/bin/sluice" --server "$addr" stats | grep -E "preemptions|steps"

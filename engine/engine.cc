@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/sampling/sampler.h"
@@ -24,6 +26,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   if (options.block_size <= 0 || options.max_num_seqs <= 0 || options.max_num_batched_tokens <= 0 ||
       options.max_queue < 0) {
     return absl::InvalidArgumentError("block_size, max_num_seqs and max_num_batched_tokens must be > 0");
+  }
+  if (!(options.itl_target_ms >= 0) || !(options.itl_target_factor == 0 || options.itl_target_factor >= 1) ||
+      !std::isfinite(options.itl_target_ms) || !std::isfinite(options.itl_target_factor)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "itl_target_ms must be >= 0 (got ", options.itl_target_ms, ") and itl_target_factor 0 or >= 1 (got ",
+        options.itl_target_factor, "): a target below a decode step would starve prompts"));
   }
   // The fairness rule (the oldest admitted prompt gets a chunk every step) needs room for
   // every running decode plus one prompt token.
@@ -70,6 +78,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   so.max_model_len = max_len;
   so.block_size = options.block_size;
   so.itl_target_ms = options.itl_target_ms;
+  so.itl_target_factor = options.itl_target_factor;
   engine->scheduler_ = std::make_unique<Scheduler>(so, engine->model_.get(), std::move(cache),
                                                    std::move(state));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });

@@ -33,7 +33,8 @@ struct EngineOptions {
   // Arithmetic of bf16-weight matmuls (kernels/ops.h): exact f32 or faster bf16.
   kernels::MatmulPrecision matmul_precision = kernels::MatmulPrecision::kF32;
   int32_t block_size = 16;
-  double itl_target_ms = 0;  // see SchedulerOptions::itl_target_ms
+  double itl_target_ms = 0;        // see SchedulerOptions::itl_target_ms
+  double itl_target_factor = 1.5;  // see SchedulerOptions::itl_target_factor
 };
 
 struct ModelSummary {

@@ -503,6 +503,8 @@ grpc::ServerUnaryReactor* GenerationService::GetEngineStats(grpc::CallbackServer
   out->set_steps(s.steps);
   out->set_preemptions(s.preemptions);
   out->set_finished(s.finished);
+  out->set_itl_target_ms(s.itl_target_ms);
+  out->set_prefill_cap(static_cast<uint32_t>(s.prefill_cap));
   return FinishNow(context, absl::OkStatus());
 }
 

@@ -38,8 +38,11 @@ ABSL_FLAG(int32_t, max_num_seqs, 64, "Most sequences running in one step");
 ABSL_FLAG(int32_t, max_num_batched_tokens, 2048, "Most tokens in one step (prompt chunks + decodes)");
 ABSL_FLAG(int32_t, max_queue, 1024, "Most queued requests; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(double, itl_target_ms, 0,
-          "Inter-token latency target in ms (0: off): prompt chunks that share a step with "
-          "running decodes shrink or grow so steps stay near it");
+          "Inter-token latency target in ms: prompt chunks that share a step with running "
+          "decodes shrink or grow so steps stay near it (0: --itl_target_factor decides)");
+ABSL_FLAG(double, itl_target_factor, 1.5,
+          "With no --itl_target_ms, the target is this factor times the measured decode-step "
+          "time (0: no target, prompt chunks only bounded by --max_num_batched_tokens)");
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens (0: the model's)");
 ABSL_FLAG(int64_t, kv_cache_memory, 512ll << 20, "Bytes for the KV cache");
 ABSL_FLAG(std::string, matmul_precision, "f32",
@@ -107,6 +110,7 @@ int Run() {
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.kv_cache_memory = absl::GetFlag(FLAGS_kv_cache_memory);
   options.itl_target_ms = absl::GetFlag(FLAGS_itl_target_ms);
+  options.itl_target_factor = absl::GetFlag(FLAGS_itl_target_factor);
   const std::string precision = absl::GetFlag(FLAGS_matmul_precision);
   if (precision != "f32" && precision != "bf16") {
     std::cerr << "sluiced: --matmul_precision must be f32 or bf16, got '" << precision << "'\n";

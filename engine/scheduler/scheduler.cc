@@ -20,6 +20,8 @@ Scheduler::Scheduler(const SchedulerOptions& options, LanguageModel* model, Page
       prefill_cap_(options.max_num_batched_tokens) {
   free_blocks_ = allocator_.num_free();
   free_state_slots_ = state_slots_.num_free();
+  published_itl_target_ms_ = ItlTargetMs();
+  published_prefill_cap_ = prefill_cap_;
 }
 
 void Scheduler::ReleaseResources(Sequence* seq) {
@@ -84,6 +86,8 @@ SchedulerStats Scheduler::Stats() const {
   s.steps = steps_;
   s.preemptions = preemptions_;
   s.finished = finished_;
+  s.itl_target_ms = published_itl_target_ms_;
+  s.prefill_cap = published_prefill_cap_;
   return s;
 }
 
@@ -173,15 +177,31 @@ void Scheduler::Admit() {
   }
 }
 
-void Scheduler::OnStepTimed(absl::Duration step, int32_t prompt_tokens) {
+double Scheduler::ItlTargetMs() const {
+  if (options_.itl_target_ms > 0) return options_.itl_target_ms;
+  if (options_.itl_target_factor <= 0 || decode_step_ms_ == 0) return 0;  // off, or none timed yet
+  return std::max(kMinAutoItlTargetMs, options_.itl_target_factor * decode_step_ms_);
+}
+
+void Scheduler::OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt_tokens) {
+  const double ms = absl::ToDoubleMilliseconds(step);
+  // A step whose prompt share is at most one token, or an eighth of its decodes, times
+  // the decodes themselves. Counting the one-token steps too keeps the estimate fresh
+  // when prompts never stop arriving: with a stale, low target the cap sits at one
+  // token and those steps then pull the target back up.
+  if (options_.itl_target_ms <= 0 && options_.itl_target_factor > 0 &&
+      prompt_tokens <= std::max(1, decodes / 8)) {
+    decode_step_ms_ = decode_step_ms_ == 0 ? ms : 0.75 * decode_step_ms_ + 0.25 * ms;
+  }
+  const double target = ItlTargetMs();
+  if (target <= 0 || prompt_tokens == 0) return;
   // AIMD on the prompt tokens allowed beside decodes: halve when a step overshoots the
   // target, grow by a quarter while steps stay well under it. It never drops below one
   // token, so a prompt always advances (the fairness rule), and it only grows when
   // prompts actually used the room it gave.
-  const double ms = absl::ToDoubleMilliseconds(step);
-  if (ms > options_.itl_target_ms) {
+  if (ms > target) {
     prefill_cap_ = std::max(1, prefill_cap_ / 2);
-  } else if (ms < 0.8 * options_.itl_target_ms && prompt_tokens >= prefill_cap_) {
+  } else if (ms < 0.8 * target && prompt_tokens >= prefill_cap_) {
     prefill_cap_ = std::min(options_.max_num_batched_tokens, prefill_cap_ + std::max(1, prefill_cap_ / 4));
   }
 }
@@ -191,6 +211,8 @@ void Scheduler::PublishCounters() {
   running_count_ = static_cast<int32_t>(running_.size());
   free_blocks_ = allocator_.num_free();
   free_state_slots_ = state_slots_.num_free();
+  published_itl_target_ms_ = ItlTargetMs();
+  published_prefill_cap_ = prefill_cap_;
 }
 
 bool Scheduler::EnsureBlocks(Sequence* seq, int32_t total_tokens,
@@ -264,7 +286,7 @@ void Scheduler::Step() {
   for (const SeqPtr& p : running_) order.push_back(p.get());
   // With an inter-token latency target, prompt chunks that share a step with decodes are
   // capped by prefill_cap_, which OnStepTimed adapts to the measured step times.
-  const bool limit_prefill = options_.itl_target_ms > 0;
+  const bool limit_prefill = ItlTargetMs() > 0;
   int32_t decodes = 0;
   int32_t prompt_tokens = 0;
   for (Sequence* seq : order) {
@@ -322,7 +344,7 @@ void Scheduler::Step() {
 
   const absl::Time step_start = absl::Now();
   absl::Status status = model_->ForwardWithCosts(batch, &kv_cache_, &state_cache_, &logits_, &costs_);
-  if (limit_prefill && decodes > 0) OnStepTimed(absl::Now() - step_start, prompt_tokens);
+  if (decodes > 0) OnStepTimed(absl::Now() - step_start, decodes, prompt_tokens);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;

@@ -11,9 +11,10 @@
 //     short requests are not held behind a long prefill. A prompt that does not fit is
 //     chunked, so long prompts never stall decodes (fairness rule: one token of every
 //     step is reserved for the oldest admitted prompt, so it always advances).
-//     With --itl_target_ms, prompt tokens beside decodes are further capped by a limit
-//     that adapts (AIMD) to the measured step time, trading time-to-first-token of long
-//     prompts for the inter-token latency of running streams.
+//     Prompt tokens beside decodes are further capped by a limit that adapts (AIMD) to
+//     the measured step time, trading time-to-first-token of long prompts for the
+//     inter-token latency of running streams. The step-time target is --itl_target_ms,
+//     or by default --itl_target_factor times the measured time of a decode step.
 //  4. When a sequence needs a KV block and none is free, the lowest-priority, newest
 //     running sequence is preempted by recompute: its blocks are freed and it goes back
 //     to the queue with its generated tokens, to be prefilled again later.
@@ -37,15 +38,24 @@
 
 namespace sluice::engine {
 
+// Below this, an automatic target is not worth the prefill throughput it costs: nobody
+// reading a stream tells 5 ms gaps from 1 ms ones, and tiny models' step times are noise.
+inline constexpr double kMinAutoItlTargetMs = 5;
+
 struct SchedulerOptions {
   int32_t max_num_seqs = 64;
   int32_t max_num_batched_tokens = 2048;
   int32_t max_queue = 1024;
   int64_t max_model_len = 0;
   int32_t block_size = 16;
-  // Inter-token latency target in ms (0: off). When set, the prompt tokens that share a
+  // Inter-token latency target in ms. When set (> 0), the prompt tokens that share a
   // step with running decodes adapt so steps stay near the target (see OnStepTimed).
   double itl_target_ms = 0;
+  // With no explicit target, the target is this factor times the measured time of a
+  // decode step (a step with at most a token or so of prompt beside its decodes), and
+  // never under kMinAutoItlTargetMs. 0 (here) turns the controller off; the engine's
+  // default is 1.5, which lets prompt chunks add about half a step.
+  double itl_target_factor = 0;
 };
 
 struct SchedulerStats {
@@ -58,6 +68,8 @@ struct SchedulerStats {
   uint64_t steps = 0;
   uint64_t preemptions = 0;
   uint64_t finished = 0;
+  double itl_target_ms = 0;        // the step-time target in force (0: none yet, or off)
+  int32_t prefill_cap = 0;         // prompt tokens allowed beside decodes under it
 };
 
 class Scheduler {
@@ -108,7 +120,7 @@ class Scheduler {
                     const absl::flat_hash_set<const Sequence*>& pinned);
   bool PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned);
   void PublishCounters();
-  void OnStepTimed(absl::Duration step, int32_t prompt_tokens);
+  void OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt_tokens);
   // Returns a sequence's KV blocks and state slot to their pools.
   void ReleaseResources(Sequence* seq);
   void Finish(SeqPtr seq, absl::Status status, FinishReason reason);
@@ -123,6 +135,9 @@ class Scheduler {
   bool uses_state_ = false;
   std::vector<int32_t> eos_ids_;
   int32_t prefill_cap_;  // prompt tokens allowed in a step with decodes (ITL target)
+  double decode_step_ms_ = 0;  // moving average of decode-step times (auto target)
+  // The target in force: explicit, or the factor times decode_step_ms_ (0: none).
+  double ItlTargetMs() const;
 
   mutable std::mutex mu_;  // guards inbox_, draining_, counters read by Stats()
   std::deque<SeqPtr> inbox_;
@@ -133,6 +148,8 @@ class Scheduler {
   int32_t free_blocks_ = 0;
   int32_t free_state_slots_ = 0;
   uint64_t steps_ = 0, preemptions_ = 0, finished_ = 0;
+  double published_itl_target_ms_ = 0;
+  int32_t published_prefill_cap_ = 0;
 
   // Engine thread only.
   std::list<SeqPtr> waiting_;
