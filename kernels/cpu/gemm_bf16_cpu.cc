@@ -180,7 +180,9 @@ void ForEachPanelAndRowGroup(int64_t m, int64_t row_bytes, const PackedBf16Weigh
   for (int64_t m0 = 0; m0 < m; m0 += tile) {
     const int64_t rows = std::min(tile, m - m0);
     const int64_t groups = (rows + kMaxRows - 1) / kMaxRows;
-#pragma omp parallel for schedule(static)
+    // Guided, not static: when the OS takes a core for the server's own threads, the
+    // other thread picks up the panels instead of the step waiting at the barrier.
+#pragma omp parallel for schedule(guided)
     for (int64_t p = 0; p < w.num_panels(); ++p) {
       int64_t r = m0;
       for (int64_t g = 0; g < groups; ++g) {
