@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <mutex>
 #include <random>
@@ -48,7 +49,7 @@ struct Samples {
 };
 
 double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
+  if (v.empty()) return std::nan("");  // printed as nan: no sample in the window
   std::sort(v.begin(), v.end());
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * v.size()));
   return v[i];
@@ -64,8 +65,8 @@ v1::GenerateRequest MakeRequest(std::mt19937& rng, int32_t prompt_tokens, int32_
   return req;
 }
 
-// One streaming request; records TTFT, gaps between token-bearing messages per token,
-// and the tokens received inside the measuring window.
+// One streaming request. Inside the measuring window it records the time to the first
+// token, the gaps between token-bearing messages (per token), and counts the tokens.
 void RunOne(v1::Generation::Stub* stub, const v1::GenerateRequest& req, Samples* s,
             Clock::time_point window_start, Clock::time_point window_end, bool record) {
   grpc::ClientContext ctx;
@@ -81,21 +82,27 @@ void RunOne(v1::Generation::Stub* stub, const v1::GenerateRequest& req, Samples*
     const auto now = Clock::now();
     const int n = msg.token_ids_size();
     if (n == 0) continue;
+    const bool in_window = now >= window_start && now <= window_end;
     const double ms = std::chrono::duration<double, std::milli>(now - last).count();
     if (first) {
-      ttft.push_back(ms);
+      if (in_window) ttft.push_back(ms);
       first = false;
-    } else {
+    } else if (in_window) {
       for (int i = 0; i < n; ++i) itl.push_back(ms / n);
     }
     last = now;
-    if (now >= window_start && now <= window_end) tokens += n;
+    if (in_window) tokens += n;
+    if (now > window_end) {  // nothing more to measure: stop rather than wait it out
+      ctx.TryCancel();
+      break;
+    }
   }
-  const bool ok = reader->Finish().ok();
+  const grpc::Status status = reader->Finish();
+  const bool ok = status.ok() || (status.error_code() == grpc::StatusCode::CANCELLED && Clock::now() > window_end);
   std::lock_guard<std::mutex> lock(s->mu);
   if (!ok) ++s->errors;
   s->tokens += tokens;
-  if (record && start >= window_start) {
+  if (record) {
     s->ttft_ms.insert(s->ttft_ms.end(), ttft.begin(), ttft.end());
     s->itl_ms.insert(s->itl_ms.end(), itl.begin(), itl.end());
   }

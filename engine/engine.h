@@ -34,7 +34,7 @@ struct EngineOptions {
   kernels::MatmulPrecision matmul_precision = kernels::MatmulPrecision::kF32;
   int32_t block_size = 16;
   double itl_target_ms = 0;        // see SchedulerOptions::itl_target_ms
-  double itl_target_factor = 1.5;  // see SchedulerOptions::itl_target_factor
+  double itl_target_factor = 1.3;  // see SchedulerOptions::itl_target_factor
 };
 
 struct ModelSummary {

@@ -40,7 +40,7 @@ ABSL_FLAG(int32_t, max_queue, 1024, "Most queued requests; more get RESOURCE_EXH
 ABSL_FLAG(double, itl_target_ms, 0,
           "Inter-token latency target in ms: prompt chunks that share a step with running "
           "decodes shrink or grow so steps stay near it (0: --itl_target_factor decides)");
-ABSL_FLAG(double, itl_target_factor, 1.5,
+ABSL_FLAG(double, itl_target_factor, 1.3,
           "With no --itl_target_ms, the target is this factor times the measured decode-step "
           "time (0: no target, prompt chunks only bounded by --max_num_batched_tokens)");
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens (0: the model's)");

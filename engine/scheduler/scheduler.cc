@@ -183,20 +183,34 @@ double Scheduler::ItlTargetMs() const {
   return std::max(kMinAutoItlTargetMs, options_.itl_target_factor * decode_step_ms_);
 }
 
-void Scheduler::OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt_tokens) {
+bool Scheduler::AutoItlTarget() const {
+  return options_.itl_target_ms <= 0 && options_.itl_target_factor > 0;
+}
+
+bool Scheduler::NeedsProbe(int32_t decodes) const {
+  // No estimate yet, none for a while (prompts kept every step busy), or one taken at a
+  // very different batch size: an estimate learnt at 64 streams stayed in force, far
+  // too high, once one stream decoded beside a never-ending run of long prompts.
+  return AutoItlTarget() && (decode_step_ms_ == 0 || steps_since_decode_sample_ >= kProbeEvery ||
+                             decodes > 2 * sampled_decodes_ || 2 * decodes < sampled_decodes_);
+}
+
+void Scheduler::OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt_tokens, bool probe) {
   const double ms = absl::ToDoubleMilliseconds(step);
-  // A step whose prompt share is at most one token, or an eighth of its decodes, times
-  // the decodes themselves. Counting the one-token steps too keeps the estimate fresh
-  // when prompts never stop arriving: with a stale, low target the cap sits at one
-  // token and those steps then pull the target back up.
-  if (options_.itl_target_ms <= 0 && options_.itl_target_factor > 0 &&
-      prompt_tokens <= std::max(1, decodes / 8)) {
-    decode_step_ms_ = decode_step_ms_ == 0 ? ms : 0.75 * decode_step_ms_ + 0.25 * ms;
+  // A step whose prompt share is at most one token, or a quarter of its decodes (the
+  // cap's floor), times the decodes themselves, a little high. A probe's sample replaces
+  // the average (it exists because the average went stale); others blend in.
+  if (AutoItlTarget() && prompt_tokens <= std::max(1, decodes / 4)) {
+    decode_step_ms_ = (decode_step_ms_ == 0 || probe) ? ms : 0.75 * decode_step_ms_ + 0.25 * ms;
+    sampled_decodes_ = decodes;
+    steps_since_decode_sample_ = 0;
+  } else {
+    ++steps_since_decode_sample_;
   }
   const double target = ItlTargetMs();
   if (target <= 0 || prompt_tokens == 0) return;
   // AIMD on the prompt tokens allowed beside decodes: halve when a step overshoots the
-  // target, grow by a quarter while steps stay well under it. It never drops below one
+  // target, grow by a quarter while steps stay under 80% of it. It never drops below one
   // token, so a prompt always advances (the fairness rule), and it only grows when
   // prompts actually used the room it gave.
   if (ms > target) {
@@ -286,7 +300,8 @@ void Scheduler::Step() {
   for (const SeqPtr& p : running_) order.push_back(p.get());
   // With an inter-token latency target, prompt chunks that share a step with decodes are
   // capped by prefill_cap_, which OnStepTimed adapts to the measured step times.
-  const bool limit_prefill = ItlTargetMs() > 0;
+  const bool limit_prefill = options_.itl_target_ms > 0 || AutoItlTarget();
+  bool probe = false;  // this step holds prompts to the floor to time the decodes
   int32_t decodes = 0;
   int32_t prompt_tokens = 0;
   for (Sequence* seq : order) {
@@ -302,7 +317,13 @@ void Scheduler::Step() {
     const int32_t reserve = (oldest_prompt != nullptr && seq != oldest_prompt) ? 1 : 0;
     int32_t count = std::min(remaining, budget - (remaining > 1 ? reserve : 0));
     if (remaining > 1 && limit_prefill && decodes > 0) {
-      count = std::min(count, prefill_cap_ - prompt_tokens - reserve);
+      // Floor: a token per four decodes. Under saturation the step-time target alone
+      // would hold prompts to a trickle, so streams sat queued in prefill for tens of
+      // seconds while fewer and fewer decoded; this keeps admission flowing whenever a
+      // request's prompt is at most a quarter of its output, at a bounded ITL cost.
+      if (prompt_tokens == 0) probe = NeedsProbe(decodes);  // decodes come first: all counted
+      const int32_t cap = std::max(probe ? 1 : prefill_cap_, decodes / 4);
+      count = std::min(count, cap - prompt_tokens - reserve);
     }
     if (seq == oldest_prompt) {
       oldest_prompt = nullptr;
@@ -344,7 +365,7 @@ void Scheduler::Step() {
 
   const absl::Time step_start = absl::Now();
   absl::Status status = model_->ForwardWithCosts(batch, &kv_cache_, &state_cache_, &logits_, &costs_);
-  if (decodes > 0) OnStepTimed(absl::Now() - step_start, decodes, prompt_tokens);
+  if (decodes > 0) OnStepTimed(absl::Now() - step_start, decodes, prompt_tokens, probe);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;

@@ -286,6 +286,34 @@ TEST(SchedulerTest, AutomaticItlTargetRecoversFromAStaleEstimate) {
   h.RunToIdle();
 }
 
+// The other way round: a target learnt with eight decodes is too high for the one
+// left, and a long prompt never lets a step go prompt-free. A probe step (prompts held
+// to the floor) re-times the decodes within kProbeEvery steps and the chunks shrink.
+TEST(SchedulerTest, AutomaticItlTargetProbesWhenTheEstimateIsStaleHigh) {
+  SchedulerOptions o;
+  o.max_num_seqs = 9;
+  o.max_num_batched_tokens = 64;
+  o.itl_target_factor = 1.5;
+  Harness h(o, /*num_blocks=*/1024, /*block_size=*/4, /*slots=*/9);
+  h.model.per_token_delay = absl::Milliseconds(2);
+  std::vector<std::shared_ptr<RequestChannel>> decoders;
+  for (int i = 0; i < 8; ++i) decoders.push_back(h.Submit({5}, 400));
+  for (int i = 0; i < 4; ++i) h.scheduler->Step();
+  EXPECT_GE(h.scheduler->Stats().itl_target_ms, 1.5 * 16);
+  for (int i = 1; i < 8; ++i) decoders[i]->Cancel();
+  auto longer = h.Submit(std::vector<int32_t>(3000, 7), 1);
+  for (int i = 0; i < 80; ++i) h.scheduler->Step();
+  EXPECT_LT(h.scheduler->Stats().itl_target_ms, 12) << "re-timed on one decode (2 ms + a prompt token)";
+  int max_prompt = 0;
+  for (size_t b = h.model.batches.size() - 10; b < h.model.batches.size(); ++b) {
+    max_prompt = std::max(max_prompt, h.model.batches[b].num_tokens() - 1);
+  }
+  EXPECT_LE(max_prompt, 4);
+  decoders[0]->Cancel();
+  longer->Cancel();
+  h.RunToIdle();
+}
+
 TEST(SchedulerTest, PreemptsLowestPriorityThenNewestAndRecomputes) {
   SchedulerOptions o;
   o.max_num_seqs = 3;
