@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -218,100 +219,96 @@ TEST(SchedulerTest, ItlTargetShrinksPromptChunksBesideDecodes) {
   EXPECT_EQ(Read(*decoder).tokens.size(), 60u);
 }
 
+// The automatic-target tests: nine sequences at most, a simulated 2 ms a token.
+struct ItlHarness : Harness {
+  static SchedulerOptions Options(double factor) {
+    SchedulerOptions o;
+    o.max_num_seqs = 9;
+    o.max_num_batched_tokens = 64;
+    o.itl_target_factor = factor;
+    return o;
+  }
+  explicit ItlHarness(double factor) : Harness(Options(factor), /*num_blocks=*/1024, /*block_size=*/4, /*slots=*/9) {
+    model.per_token_delay = absl::Milliseconds(2);
+  }
+  std::vector<std::shared_ptr<RequestChannel>> Decoders(int n, int32_t max_tokens) {
+    std::vector<std::shared_ptr<RequestChannel>> out;
+    for (int i = 0; i < n; ++i) out.push_back(Submit({5}, max_tokens));
+    return out;
+  }
+  // The fewest and most prompt tokens (all but `decodes` of a step) in the last 10 steps.
+  std::pair<int, int> RecentPromptTokens(int decodes) const {
+    int lo = 1 << 30, hi = 0;
+    for (size_t b = model.batches.size() - 10; b < model.batches.size(); ++b) {
+      const int prompt = model.batches[b].num_tokens() - decodes;
+      lo = std::min(lo, prompt);
+      hi = std::max(hi, prompt);
+    }
+    return {lo, hi};
+  }
+  void CancelAndDrain(std::vector<std::shared_ptr<RequestChannel>> channels) {
+    for (auto& c : channels) c->Cancel();
+    RunToIdle();
+  }
+};
+
 // The automatic target: 1.5 × the measured decode step. Eight decodes at 2 ms a token
 // make a 16 ms decode step, so steps carrying prompt chunks settle near 24 ms, i.e. a
 // few prompt tokens, where without a target they would take the whole budget.
 TEST(SchedulerTest, AutomaticItlTargetFollowsTheDecodeStep) {
   for (const double factor : {0.0, 1.5}) {
-    SchedulerOptions o;
-    o.max_num_seqs = 9;
-    o.max_num_batched_tokens = 64;
-    o.itl_target_factor = factor;
-    Harness h(o, /*num_blocks=*/1024, /*block_size=*/4, /*slots=*/9);
-    h.model.per_token_delay = absl::Milliseconds(2);
-    std::vector<std::shared_ptr<RequestChannel>> decoders;
-    for (int i = 0; i < 8; ++i) decoders.push_back(h.Submit({5}, 200));
+    ItlHarness h(factor);
+    auto channels = h.Decoders(8, 200);
     for (int i = 0; i < 4; ++i) h.scheduler->Step();  // decode-only steps: the estimate
     if (factor > 0) {
       EXPECT_GE(h.scheduler->Stats().itl_target_ms, 1.5 * 16);
     } else {
       EXPECT_EQ(h.scheduler->Stats().itl_target_ms, 0);
     }
-    auto longer = h.Submit(std::vector<int32_t>(2000, 7), 1);
+    channels.push_back(h.Submit(std::vector<int32_t>(2000, 7), 1));
     for (int i = 0; i < 30; ++i) h.scheduler->Step();
-    int max_prompt = 0, min_prompt = 1 << 30;
-    for (size_t b = h.model.batches.size() - 10; b < h.model.batches.size(); ++b) {
-      const ForwardBatch& batch = h.model.batches[b];
-      ASSERT_EQ(batch.sequences.size(), 9u);
-      const int prompt = batch.sequences.back().query_len;
-      max_prompt = std::max(max_prompt, prompt);
-      min_prompt = std::min(min_prompt, prompt);
-    }
+    const auto [min_prompt, max_prompt] = h.RecentPromptTokens(8);
     if (factor > 0) {
       EXPECT_GE(min_prompt, 1) << "the prompt still advances every step";
       EXPECT_LE(max_prompt, 8) << "16 ms of decodes + 2 ms a prompt token, 24 ms target";
     } else {
       EXPECT_EQ(min_prompt, 64 - 8) << "no target: the prompt takes the rest of the budget";
     }
-    for (auto& d : decoders) d->Cancel();
-    longer->Cancel();
-    h.RunToIdle();
+    h.CancelAndDrain(channels);
   }
 }
 
 // A target learnt while one stream ran is too low once eight run and a long prompt
-// never lets a step go prompt-free: the cap drops to one token, and those one-token
-// steps re-time the decodes, so the target recovers and prompts speed up again.
+// never lets a step go prompt-free: the cap drops to its floor, and those steps re-time
+// the decodes, so the target recovers and prompts speed up again.
 TEST(SchedulerTest, AutomaticItlTargetRecoversFromAStaleEstimate) {
-  SchedulerOptions o;
-  o.max_num_seqs = 9;
-  o.max_num_batched_tokens = 64;
-  o.itl_target_factor = 1.5;
-  Harness h(o, /*num_blocks=*/1024, /*block_size=*/4, /*slots=*/9);
-  h.model.per_token_delay = absl::Milliseconds(2);
-  auto first = h.Submit({5}, 400);
+  ItlHarness h(1.5);
+  auto channels = h.Decoders(1, 400);
   for (int i = 0; i < 4; ++i) h.scheduler->Step();
-  const double stale = h.scheduler->Stats().itl_target_ms;
-  EXPECT_LT(stale, 1.5 * 16) << "learnt on a 1-decode step";
-  std::vector<std::shared_ptr<RequestChannel>> more;
-  for (int i = 0; i < 7; ++i) more.push_back(h.Submit({5}, 400));
-  auto longer = h.Submit(std::vector<int32_t>(4000, 7), 1);
+  EXPECT_LT(h.scheduler->Stats().itl_target_ms, 1.5 * 16) << "learnt on a 1-decode step";
+  for (auto& c : h.Decoders(7, 400)) channels.push_back(c);
+  channels.push_back(h.Submit(std::vector<int32_t>(4000, 7), 1));
   for (int i = 0; i < 40; ++i) h.scheduler->Step();
   const SchedulerStats stats = h.scheduler->Stats();
   EXPECT_GE(stats.itl_target_ms, 16) << "re-timed on the eight-decode steps";
   EXPECT_GT(stats.prefill_cap, 1);
-  first->Cancel();
-  for (auto& d : more) d->Cancel();
-  longer->Cancel();
-  h.RunToIdle();
+  h.CancelAndDrain(channels);
 }
 
 // The other way round: a target learnt with eight decodes is too high for the one
 // left, and a long prompt never lets a step go prompt-free. A probe step (prompts held
-// to the floor) re-times the decodes within kProbeEvery steps and the chunks shrink.
+// to the floor) re-times the decodes and the chunks shrink.
 TEST(SchedulerTest, AutomaticItlTargetProbesWhenTheEstimateIsStaleHigh) {
-  SchedulerOptions o;
-  o.max_num_seqs = 9;
-  o.max_num_batched_tokens = 64;
-  o.itl_target_factor = 1.5;
-  Harness h(o, /*num_blocks=*/1024, /*block_size=*/4, /*slots=*/9);
-  h.model.per_token_delay = absl::Milliseconds(2);
-  std::vector<std::shared_ptr<RequestChannel>> decoders;
-  for (int i = 0; i < 8; ++i) decoders.push_back(h.Submit({5}, 400));
+  ItlHarness h(1.5);
+  auto channels = h.Decoders(8, 400);
   for (int i = 0; i < 4; ++i) h.scheduler->Step();
   EXPECT_GE(h.scheduler->Stats().itl_target_ms, 1.5 * 16);
-  for (int i = 1; i < 8; ++i) decoders[i]->Cancel();
-  auto longer = h.Submit(std::vector<int32_t>(3000, 7), 1);
+  for (int i = 1; i < 8; ++i) channels[i]->Cancel();
+  channels.push_back(h.Submit(std::vector<int32_t>(3000, 7), 1));
   for (int i = 0; i < 80; ++i) h.scheduler->Step();
   EXPECT_LT(h.scheduler->Stats().itl_target_ms, 12) << "re-timed on one decode (2 ms + a prompt token)";
-  int max_prompt = 0;
-  for (size_t b = h.model.batches.size() - 10; b < h.model.batches.size(); ++b) {
-    max_prompt = std::max(max_prompt, h.model.batches[b].num_tokens() - 1);
-  }
-  EXPECT_LE(max_prompt, 4);
-  decoders[0]->Cancel();
-  longer->Cancel();
-  h.RunToIdle();
+  EXPECT_LE(h.RecentPromptTokens(1).second, 4);
+  h.CancelAndDrain(channels);
 }
 
 TEST(SchedulerTest, PreemptsLowestPriorityThenNewestAndRecomputes) {
