@@ -200,7 +200,7 @@ void Scheduler::OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt
   // A step whose prompt share is at most one token, or a quarter of its decodes (the
   // cap's floor), times the decodes themselves, a little high. A probe's sample replaces
   // the average (it exists because the average went stale); others blend in.
-  if (AutoItlTarget() && prompt_tokens <= std::max(1, decodes / 4)) {
+  if (AutoItlTarget() && prompt_tokens <= std::max(1, decodes / 4)) {  // at most the floor's first term
     decode_step_ms_ = (decode_step_ms_ == 0 || probe) ? ms : 0.75 * decode_step_ms_ + 0.25 * ms;
     sampled_decodes_ = decodes;
     steps_since_decode_sample_ = 0;
@@ -279,11 +279,11 @@ void Scheduler::Step() {
     return ra != 1 && ra < rb;
   });
   const Sequence* oldest_prompt = nullptr;
+  int32_t pending_prompts = 0;
   for (const SeqPtr& p : running_) {
-    if (p->tokens.size() - p->num_computed > 1 &&
-        (oldest_prompt == nullptr || p->arrival < oldest_prompt->arrival)) {
-      oldest_prompt = p.get();
-    }
+    if (p->tokens.size() - p->num_computed <= 1) continue;
+    ++pending_prompts;
+    if (oldest_prompt == nullptr || p->arrival < oldest_prompt->arrival) oldest_prompt = p.get();
   }
 
   ForwardBatch batch;
@@ -317,12 +317,16 @@ void Scheduler::Step() {
     const int32_t reserve = (oldest_prompt != nullptr && seq != oldest_prompt) ? 1 : 0;
     int32_t count = std::min(remaining, budget - (remaining > 1 ? reserve : 0));
     if (remaining > 1 && limit_prefill && decodes > 0) {
-      // Floor: a token per four decodes. Under saturation the step-time target alone
-      // would hold prompts to a trickle, so streams sat queued in prefill for tens of
-      // seconds while fewer and fewer decoded; this keeps admission flowing whenever a
-      // request's prompt is at most a quarter of its output, at a bounded ITL cost.
+      // Floor: a token per four decodes plus one per prompt in prefill. Under load the
+      // step-time target alone held prompts to a trickle: streams sat queued in prefill
+      // for tens of seconds while fewer and fewer decoded. The first term keeps
+      // admission flowing whenever a prompt is at most a quarter of its output; the
+      // second lets a burst of requests in (each of them a user waiting too), where one
+      // long prompt stays throttled. Spent fewest-remaining-first, it completes prompts.
+      // A probe keeps only the first term, so that it times the decodes.
       if (prompt_tokens == 0) probe = NeedsProbe(decodes);  // decodes come first: all counted
-      const int32_t cap = std::max(probe ? 1 : prefill_cap_, decodes / 4);
+      const int32_t min_cap = decodes / 4 + (pending_prompts > 1 && !probe ? pending_prompts : 0);
+      const int32_t cap = std::max(probe ? 1 : prefill_cap_, min_cap);
       count = std::min(count, cap - prompt_tokens - reserve);
     }
     if (seq == oldest_prompt) {

@@ -15,8 +15,9 @@
 //     the measured step time, trading time-to-first-token of long prompts for the
 //     inter-token latency of running streams. The step-time target is --itl_target_ms,
 //     or by default --itl_target_factor times the measured time of a decode step. The
-//     cap never drops below one prompt token per four decodes, so under saturation
-//     admission keeps flowing instead of queueing streams in prefill.
+//     cap never drops below one prompt token per four decodes plus one per prompt in
+//     prefill, so under saturation and in bursts admission keeps flowing instead of
+//     queueing streams in prefill, while a lone long prompt stays throttled.
 //  4. When a sequence needs a KV block and none is free, the lowest-priority, newest
 //     running sequence is preempted by recompute: its blocks are freed and it goes back
 //     to the queue with its generated tokens, to be prefilled again later.

@@ -311,6 +311,23 @@ TEST(SchedulerTest, AutomaticItlTargetProbesWhenTheEstimateIsStaleHigh) {
   h.CancelAndDrain(channels);
 }
 
+// Beside four decodes (8 ms steps, 12 ms target) a long prompt gets a token or two a
+// step. A burst of short prompts is not held to that: the cap's floor grows by a token
+// per prompt in prefill, so four 8-token prompts (~6 tokens a step) finish within 12.
+TEST(SchedulerTest, AutomaticItlTargetLetsABurstOfPromptsIn) {
+  ItlHarness h(1.5);
+  auto channels = h.Decoders(4, 400);
+  for (int i = 0; i < 4; ++i) h.scheduler->Step();
+  channels.push_back(h.Submit(std::vector<int32_t>(3000, 7), 1));
+  for (int i = 0; i < 30; ++i) h.scheduler->Step();
+  EXPECT_LE(h.RecentPromptTokens(4).second, 3) << "the long prompt alone is throttled";
+  std::vector<std::shared_ptr<RequestChannel>> burst;
+  for (int i = 0; i < 4; ++i) burst.push_back(h.Submit(std::vector<int32_t>(8, 3), 1));
+  for (int i = 0; i < 12; ++i) h.scheduler->Step();
+  for (auto& b : burst) EXPECT_EQ(Read(*b).finals, 1) << "at 1-3 prompt tokens a step, 32 take 16+ steps";
+  h.CancelAndDrain(channels);
+}
+
 TEST(SchedulerTest, PreemptsLowestPriorityThenNewestAndRecomputes) {
   SchedulerOptions o;
   o.max_num_seqs = 3;
