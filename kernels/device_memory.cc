@@ -111,6 +111,7 @@ void FreeDeviceMemory(void* data, size_t bytes, Device device) {
 }
 
 absl::Status FillZero(void* data, size_t bytes, Device device) {
+  if (bytes == 0) return absl::OkStatus();  // empty tensors may have null data
   if (device == Device::kCpu) {
     std::memset(data, 0, bytes);
     return absl::OkStatus();
@@ -125,6 +126,7 @@ absl::Status FillZero(void* data, size_t bytes, Device device) {
 
 absl::Status CopyBytes(void* dst, Device dst_device, const void* src, Device src_device,
                        size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();  // empty tensors may have null data
   if (dst_device == Device::kCpu && src_device == Device::kCpu) {
     std::memcpy(dst, src, bytes);
     return absl::OkStatus();
