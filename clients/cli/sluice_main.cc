@@ -2,11 +2,7 @@
 //   sluice [--server HOST:PORT] generate "text" | --tokens 1,2,3
 //   sluice stream "text"            (prompt from the argument, or stdin when absent)
 //   sluice info | health | tokenize "text" | detokenize --tokens 1,2,3
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
-
-#include <condition_variable>
-#include <mutex>
 
 #include <iostream>
 #include <iterator>
@@ -19,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "clients/common/health_check.h"
 #include "sluice/v1/generation.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "sluiced address");
@@ -188,33 +185,9 @@ int main(int argc, char** argv) {
   if (command == "health") {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
-    // grpc.health.v1.Health/Check with an empty request; decode the status enum by hand
-    // to keep the CLI free of the health proto.
-    grpc::GenericStub generic(channel);
-    grpc::ByteBuffer request_buffer;
-    grpc::Slice empty("", 0);
-    request_buffer = grpc::ByteBuffer(&empty, 1);
-    grpc::ByteBuffer response;
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
     grpc::Status status;
-    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer, &response,
-                      [&](grpc::Status s) {
-                        std::lock_guard<std::mutex> lock(mu);
-                        status = s;
-                        done = true;
-                        cv.notify_one();
-                      });
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return done; });
+    const int value = sluice::clients::CheckHealth(channel, &ctx, &status);
     if (!status.ok()) return Fail(status);
-    std::vector<grpc::Slice> slices;
-    response.Dump(&slices);
-    std::string bytes;
-    for (auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-    // HealthCheckResponse { ServingStatus status = 1; }  → bytes 0x08 <enum>
-    const int value = bytes.size() >= 2 && bytes[0] == 0x08 ? bytes[1] : 0;
     const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
     std::cout << (value >= 0 && value <= 3 ? names[value] : "UNKNOWN") << "\n";
     return value == 1 ? 0 : 3;

@@ -5,23 +5,21 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <string>
 #include <functional>
 #include <random>
 #include <thread>
 
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "clients/common/health_check.h"
 #include "gtest/gtest.h"
 #include "sluice/v1/generation.grpc.pb.h"
 #include "tests/golden/fixture.h"
@@ -66,30 +64,11 @@ class Daemon {
 
   // grpc.health.v1.Health/Check for the whole server: 1 SERVING, 2 NOT_SERVING, -1 error.
   int Health() {
-    grpc::GenericStub generic(channel_);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    grpc::Slice empty("", 0);
-    grpc::ByteBuffer request(&empty, 1), response;
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
     grpc::Status status;
-    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                      [&](grpc::Status s) {
-                        std::lock_guard<std::mutex> lock(mu);
-                        status = s;
-                        done = true;
-                        cv.notify_one();
-                      });
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return done; });
-    if (!status.ok()) return -1;
-    std::vector<grpc::Slice> slices;
-    (void)response.Dump(&slices);
-    std::string bytes;
-    for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    return bytes.size() >= 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+    const int value = clients::CheckHealth(channel_, &ctx, &status);
+    return status.ok() ? value : -1;
   }
 
   bool WaitServing() {
