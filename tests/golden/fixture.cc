@@ -1,5 +1,6 @@
 #include "tests/golden/fixture.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -35,6 +36,48 @@ absl::StatusOr<GoldenFixture> LoadGoldenFixture(const std::string& name) {
     f.prompts.push_back(std::move(prompt));
   }
   return f;
+}
+
+absl::StatusOr<std::vector<float>> FeedInPieces(engine::CausalLm& model, const std::vector<int32_t>& ids,
+                                                const std::vector<int32_t>& cuts,
+                                                const engine::SequenceBudget* budget) {
+  constexpr int32_t kBlock = 8;
+  const int32_t n = static_cast<int32_t>(ids.size());
+  auto shape = model.KvShape(kBlock);
+  shape.num_blocks = (n + kBlock - 1) / kBlock + 1;
+  SLUICE_ASSIGN_OR_RETURN(auto cache, engine::PagedKvCache::Create(shape, kernels::Device::kCpu));
+  auto state_shape = model.StateShape();
+  state_shape.num_slots = 2;  // slot 0 left unused
+  SLUICE_ASSIGN_OR_RETURN(auto state, engine::RecurrentStateCache::Create(state_shape, kernels::Device::kCpu));
+  std::vector<int32_t> table;
+  for (int32_t b = 0; b < shape.num_blocks; ++b) table.push_back(shape.num_blocks - 1 - b);
+  std::vector<float> all;
+  int32_t done = 0;
+  while (done < n) {
+    int32_t upto = done + 1;  // one token at a time after the last cut
+    for (int32_t c : cuts) {
+      if (c > done) {
+        upto = std::min(c, n);
+        break;
+      }
+    }
+    engine::ForwardBatch batch;
+    for (int32_t i = done; i < upto; ++i) {
+      batch.token_ids.push_back(ids[i]);
+      batch.positions.push_back(i);
+      batch.slot_mapping.push_back(table[i / kBlock] * kBlock + i % kBlock);
+      batch.logit_rows.push_back(i - done);
+    }
+    batch.sequences.push_back({0, upto - done, upto, table.data()});
+    batch.state_slots.push_back(1);
+    batch.state_fresh.push_back(done == 0 ? 1 : 0);
+    if (budget != nullptr) batch.budgets.push_back(budget);
+    std::vector<float> logits;
+    SLUICE_RETURN_IF_ERROR(model.Forward(batch, &cache, &state, &logits));
+    all.insert(all.end(), logits.begin(), logits.end());
+    done = upto;
+  }
+  return all;
 }
 
 PrefillResult PrefillBatch(engine::CausalLm& model,

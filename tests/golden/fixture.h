@@ -39,6 +39,14 @@ PrefillResult PrefillBatch(engine::CausalLm& model,
                            const std::vector<const engine::SequenceBudget*>& budgets = {});
 absl::StatusOr<GoldenFixture> LoadGoldenFixture(const std::string& name);
 
+// Feeds one prompt in pieces on one KV cache and state slot: the first piece ends at
+// cuts[0], each next one at the next cut, then one token at a time to the end, each piece
+// a forward of its own (KV blocks handed out in descending order). Returns the logits of
+// every position, concatenated. budget: null for none.
+absl::StatusOr<std::vector<float>> FeedInPieces(engine::CausalLm& model, const std::vector<int32_t>& ids,
+                                                const std::vector<int32_t>& cuts,
+                                                const engine::SequenceBudget* budget = nullptr);
+
 }  // namespace sluice::testing
 
 #endif  // SLUICE_TESTS_GOLDEN_FIXTURE_H_

@@ -14,8 +14,6 @@ namespace sluice {
 namespace {
 
 using engine::CausalLm;
-using engine::ForwardBatch;
-using engine::PagedKvCache;
 
 struct Case {
   const char* name;
@@ -92,43 +90,9 @@ TEST_P(ModelGoldenTest, ChunkedPrefillAndDecodeMatchOnePass) {
   const int32_t n = static_cast<int32_t>(longest->ids.size());
   std::vector<int32_t> cuts = {std::min(n, 50), std::min(n, 120), n};  // then decode to n
   if (n > 8) cuts = {n / 3, n - 5};
-  constexpr int32_t kBlock = 8;
-  auto shape = model_->KvShape(kBlock);
-  shape.num_blocks = (n + kBlock - 1) / kBlock + 1;
-  auto cache = PagedKvCache::Create(shape, kernels::Device::kCpu);
-  ASSERT_TRUE(cache.ok());
-  auto state_shape = model_->StateShape();
-  state_shape.num_slots = 2;
-  auto state = engine::RecurrentStateCache::Create(state_shape, kernels::Device::kCpu);
-  ASSERT_TRUE(state.ok());
-  std::vector<int32_t> table;
-  for (int32_t b = 0; b < shape.num_blocks; ++b) table.push_back(shape.num_blocks - 1 - b);
-  int32_t done = 0;
-  std::vector<float> all;
-  while (done < n) {
-    int32_t upto = done + 1;  // decode steps after the last cut
-    for (int32_t c : cuts) {
-      if (c > done) {
-        upto = c;
-        break;
-      }
-    }
-    ForwardBatch batch;
-    for (int32_t i = done; i < upto; ++i) {
-      batch.token_ids.push_back(longest->ids[i]);
-      batch.positions.push_back(i);
-      batch.slot_mapping.push_back(table[i / kBlock] * kBlock + i % kBlock);
-      batch.logit_rows.push_back(i - done);
-    }
-    batch.sequences.push_back({0, upto - done, upto, table.data()});
-    batch.state_slots.push_back(1);
-    batch.state_fresh.push_back(done == 0 ? 1 : 0);
-    std::vector<float> logits;
-    auto status = model_->Forward(batch, &*cache, &*state, &logits);
-    ASSERT_TRUE(status.ok()) << status;
-    all.insert(all.end(), logits.begin(), logits.end());
-    done = upto;
-  }
+  absl::StatusOr<std::vector<float>> pieces = testing::FeedInPieces(*model_, longest->ids, cuts);
+  ASSERT_TRUE(pieces.ok()) << pieces.status();
+  const std::vector<float>& all = *pieces;
   ASSERT_EQ(all.size(), longest->logits.size());
   ExpectClose(all.data(), longest->logits, "prompt of length " + std::to_string(n) + " fed in pieces");
 }

@@ -18,8 +18,6 @@ namespace {
 
 using engine::CausalLm;
 using engine::ComputeBudget;
-using engine::ForwardBatch;
-using engine::PagedKvCache;
 using engine::SequenceBudget;
 using engine::SequenceCost;
 
@@ -68,37 +66,9 @@ float MaxDiff(const float* got, const std::vector<float>& want) {
 // of all positions, concatenated.
 std::vector<float> PrefillThenDecode(CausalLm& model, const std::vector<int32_t>& ids, int32_t prefill,
                                      const SequenceBudget* budget) {
-  constexpr int32_t kBlock = 8;
-  const int32_t n = static_cast<int32_t>(ids.size());
-  auto shape = model.KvShape(kBlock);
-  shape.num_blocks = (n + kBlock - 1) / kBlock + 1;
-  auto cache = PagedKvCache::Create(shape, kernels::Device::kCpu);
-  auto state_shape = model.StateShape();
-  state_shape.num_slots = 1;
-  auto state = engine::RecurrentStateCache::Create(state_shape, kernels::Device::kCpu);
-  std::vector<int32_t> table;
-  for (int32_t b = 0; b < shape.num_blocks; ++b) table.push_back(b);
-  std::vector<float> all;
-  int32_t done = 0;
-  while (done < n) {
-    const int32_t upto = done == 0 ? prefill : done + 1;
-    ForwardBatch batch;
-    for (int32_t i = done; i < upto; ++i) {
-      batch.token_ids.push_back(ids[i]);
-      batch.positions.push_back(i);
-      batch.slot_mapping.push_back(table[i / kBlock] * kBlock + i % kBlock);
-      batch.logit_rows.push_back(i - done);
-    }
-    batch.sequences.push_back({0, upto - done, upto, table.data()});
-    batch.state_slots.push_back(0);
-    batch.state_fresh.push_back(done == 0 ? 1 : 0);
-    batch.budgets.push_back(budget);
-    std::vector<float> logits;
-    EXPECT_TRUE(model.Forward(batch, &*cache, &*state, &logits).ok());
-    all.insert(all.end(), logits.begin(), logits.end());
-    done = upto;
-  }
-  return all;
+  absl::StatusOr<std::vector<float>> all = testing::FeedInPieces(model, ids, {prefill}, budget);
+  EXPECT_TRUE(all.ok()) << all.status();
+  return all.ok() ? *std::move(all) : std::vector<float>();
 }
 
 // ---- GateSkip -------------------------------------------------------------------------
