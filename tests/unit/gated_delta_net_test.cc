@@ -15,6 +15,7 @@
 
 #include "engine/weights/safetensors.h"
 #include "gtest/gtest.h"
+#include "tests/unit/tensor_test_util.h"
 
 namespace sluice::kernels {
 namespace {
@@ -22,12 +23,8 @@ namespace {
 using Mode = GatedDeltaRuleMode;
 using Seq = LinearAttentionSequence;
 
-Tensor Make(const std::vector<float>& v, std::vector<int64_t> shape) {
-  Tensor t = *Tensor::Empty(std::move(shape), DType::kF32);
-  EXPECT_EQ(static_cast<size_t>(t.numel()), v.size());
-  std::copy(v.begin(), v.end(), t.data<float>());
-  return t;
-}
+using testing::Make;
+using testing::Randn;
 
 Tensor Zeros(std::vector<int64_t> shape) { return *Tensor::Zeros(std::move(shape), DType::kF32); }
 
@@ -105,11 +102,7 @@ DeltaRuleInputs RandomDeltaRuleInputs(int64_t tokens, int64_t key_heads, int64_t
 
 Tensor RandomState(int64_t slots, int64_t heads, int64_t dk, int64_t dv, uint32_t seed,
                    float scale = 0.5f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.f, scale);
-  std::vector<float> v(slots * heads * dk * dv);
-  for (float& x : v) x = normal(rng);
-  return Make(v, {slots, heads, dk, dv});
+  return Make(Randn(slots * heads * dk * dv, seed, scale), {slots, heads, dk, dv});
 }
 
 // Rows [start, start + count) of every input.
@@ -383,14 +376,6 @@ std::vector<float> ReferenceConv(const std::vector<float>& x, int64_t tokens, in
     }
   }
   return y;
-}
-
-std::vector<float> Randn(int64_t n, uint32_t seed, float scale = 1.f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
 }
 
 TEST(CausalConv1dSiluTest, RaggedBatchMatchesReference) {

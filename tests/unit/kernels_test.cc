@@ -7,29 +7,19 @@
 #include "gtest/gtest.h"
 #include "kernels/device_memory.h"
 #include "kernels/ops.h"
+#include "tests/unit/tensor_test_util.h"
 
 namespace sluice::kernels {
 namespace {
 
 bool cpu_bf16_available() { return SetMatmulPrecision(MatmulPrecision::kBf16).ok() && SetMatmulPrecision(MatmulPrecision::kF32).ok(); }
 
-std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-Tensor Make(const std::vector<float>& v, std::vector<int64_t> shape) {
-  Tensor t = *Tensor::Empty(std::move(shape), DType::kF32);
-  std::copy(v.begin(), v.end(), t.data<float>());
-  return t;
-}
+using testing::Make;
+using testing::Randn;
 
 TEST(KernelsTest, LinearMatchesReferenceForF32AndBf16) {
   const int64_t k = 67, n = 45;  // odd sizes exercise the tails
-  auto w = Random(n * k, 1);
+  auto w = Randn(n * k, 1);
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     Tensor weight = *Tensor::Empty({n, k}, dtype);
     std::vector<float> wq(n * k);  // the weight values as stored
@@ -44,7 +34,7 @@ TEST(KernelsTest, LinearMatchesReferenceForF32AndBf16) {
     auto linear = Linear::Create(weight, Device::kCpu);
     ASSERT_TRUE(linear.ok()) << linear.status();
     for (int64_t m : {1, 3, 37}) {
-      auto x = Random(m * k, 2 + m);
+      auto x = Randn(m * k, 2 + m);
       Tensor xt = Make(x, {m, k});
       Tensor y = *Tensor::Empty({m, n}, DType::kF32);
       ASSERT_TRUE((*linear)->Forward(xt, &y).ok());
@@ -62,10 +52,10 @@ TEST(KernelsTest, LinearMatchesReferenceForF32AndBf16) {
 TEST(KernelsTest, Bf16LinearRowsDoNotDependOnTheBatch) {
   const int64_t k = 128, n = 64;
   Tensor weight = *Tensor::Empty({n, k}, DType::kBF16);
-  auto w = Random(n * k, 3);
+  auto w = Randn(n * k, 3);
   for (int64_t i = 0; i < n * k; ++i) weight.data<uint16_t>()[i] = F32ToBf16(w[i]);
   auto linear = *Linear::Create(weight, Device::kCpu);
-  auto x = Random(70 * k, 4);
+  auto x = Randn(70 * k, 4);
   Tensor all = Make(x, {70, k});
   Tensor y_all = *Tensor::Empty({70, n}, DType::kF32);
   ASSERT_TRUE(linear->Forward(all, &y_all).ok());
@@ -83,7 +73,7 @@ TEST(KernelsTest, Bf16ComputeRoundsActivationsAndStaysBatchInvariant) {
   if (!cpu_bf16_available()) GTEST_SKIP() << "this CPU or build has no AVX512-BF16";
   const int64_t k = 97, n = 40;
   Tensor weight = *Tensor::Empty({n, k}, DType::kBF16);
-  auto w = Random(n * k, 11);
+  auto w = Randn(n * k, 11);
   for (int64_t i = 0; i < n * k; ++i) weight.data<uint16_t>()[i] = F32ToBf16(w[i]);
   ASSERT_TRUE(SetMatmulPrecision(MatmulPrecision::kBf16).ok());
   auto linear = Linear::Create(weight, Device::kCpu);
@@ -92,7 +82,7 @@ TEST(KernelsTest, Bf16ComputeRoundsActivationsAndStaysBatchInvariant) {
   // 1 row, one group of rows, and three groups of unequal size (the kernel takes at
   // most 12 rows at a time).
   for (const int64_t m : {int64_t{1}, int64_t{11}, int64_t{31}}) {
-    auto x = Random(m * k, 12);
+    auto x = Randn(m * k, 12);
     Tensor xt = Make(x, {m, k});
     Tensor y = *Tensor::Empty({m, n}, DType::kF32);
     ASSERT_TRUE((*linear)->Forward(xt, &y).ok());
@@ -113,8 +103,8 @@ TEST(KernelsTest, Bf16ComputeRoundsActivationsAndStaysBatchInvariant) {
 }
 
 TEST(KernelsTest, RmsNormPlainAndZeroCentred) {
-  auto x = Random(3 * 10, 5);
-  auto w = Random(10, 6, 0.1f);
+  auto x = Randn(3 * 10, 5);
+  auto w = Randn(10, 6, 0.1f);
   for (float offset : {0.f, 1.f}) {
     Tensor out = *Tensor::Empty({3, 10}, DType::kF32);
     ASSERT_TRUE(RmsNorm(Make(x, {3, 10}), Make(w, {10}), 1e-6f, offset, &out).ok());
@@ -131,7 +121,7 @@ TEST(KernelsTest, RmsNormPlainAndZeroCentred) {
 
 TEST(KernelsTest, PagedAttentionMatchesDenseCausalAttention) {
   const int64_t hq = 4, hkv = 2, d = 8, block = 3, len = 7, past = 4;  // 4 cached + 3 new
-  auto k = Random(len * hkv * d, 7), v = Random(len * hkv * d, 8), q = Random(3 * hq * d, 9);
+  auto k = Randn(len * hkv * d, 7), v = Randn(len * hkv * d, 8), q = Randn(3 * hq * d, 9);
   Tensor kc = *Tensor::Zeros({5, block, hkv, d}, DType::kF32);
   Tensor vc = *Tensor::Zeros({5, block, hkv, d}, DType::kF32);
   std::vector<int32_t> table = {4, 0, 2};  // scattered blocks
