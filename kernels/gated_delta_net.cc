@@ -4,44 +4,16 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/gated_delta_net_cpu.h"
+#include "kernels/op_checks.h"
 #include "kernels/status_macros.h"
 
 namespace sluice::kernels {
 namespace {
-
-absl::Status Expect(bool ok, absl::string_view op, absl::string_view what) {
-  if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(op, ": ", what));
-}
-
-// All tensors defined, f32, on one device, and that device has a kernel.
-absl::Status CheckTensors(absl::string_view op, std::initializer_list<const Tensor*> tensors) {
-  for (const Tensor* t : tensors) {
-    if (t == nullptr || !t->defined()) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": undefined tensor"));
-    }
-    if (t->dtype() != DType::kF32) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(op, ": expected f32 tensors, got ", DTypeName(t->dtype())));
-    }
-  }
-  const Device d = (*tensors.begin())->device();
-  for (const Tensor* t : tensors) {
-    if (t->device() != d) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": tensors on different devices"));
-    }
-  }
-  if (d != Device::kCpu) {
-    return absl::UnimplementedError(absl::StrCat(op, " has no ", DeviceName(d), " kernel yet"));
-  }
-  return absl::OkStatus();
-}
 
 bool Overlap(const Tensor& a, const Tensor& b) {
   if (a.bytes() == 0 || b.bytes() == 0) return false;
@@ -95,7 +67,7 @@ absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
                               Tensor* conv_state, Tensor* y) {
   constexpr absl::string_view kOp = "CausalConv1dSilu";
   if (conv_state == nullptr || y == nullptr) return Expect(false, kOp, "null output");
-  SLUICE_RETURN_IF_ERROR(CheckTensors(kOp, {&x, &weight, conv_state, y}));
+  SLUICE_RETURN_IF_ERROR(SameDeviceF32(kOp, {&x, &weight, conv_state, y}));
   SLUICE_RETURN_IF_ERROR(
       Expect(x.rank() == 2 && y->shape() == x.shape(), kOp, "x and y must be [T, C] of one shape"));
   SLUICE_RETURN_IF_ERROR(
@@ -124,7 +96,7 @@ absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, c
                             Tensor* state, Tensor* out, GatedDeltaRuleMode mode) {
   constexpr absl::string_view kOp = "GatedDeltaRule";
   if (state == nullptr || out == nullptr) return Expect(false, kOp, "null output");
-  SLUICE_RETURN_IF_ERROR(CheckTensors(kOp, {&q, &k, &v, &g, &beta, state, out}));
+  SLUICE_RETURN_IF_ERROR(SameDeviceF32(kOp, {&q, &k, &v, &g, &beta, state, out}));
   SLUICE_RETURN_IF_ERROR(
       Expect(q.rank() == 3 && k.shape() == q.shape() && v.rank() == 3 && v.dim(0) == q.dim(0), kOp,
              "q, k must be [T, H_k, d_k] and v [T, H_v, d_v]"));
@@ -165,7 +137,7 @@ absl::Status GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight
                           Tensor* out) {
   constexpr absl::string_view kOp = "GatedRmsNorm";
   if (out == nullptr) return Expect(false, kOp, "null output");
-  SLUICE_RETURN_IF_ERROR(CheckTensors(kOp, {&x, &z, &weight, out}));
+  SLUICE_RETURN_IF_ERROR(SameDeviceF32(kOp, {&x, &z, &weight, out}));
   SLUICE_RETURN_IF_ERROR(Expect(x.rank() >= 1 && x.dim(-1) > 0 && z.shape() == x.shape() &&
                                     out->shape() == x.shape() && weight.numel() == x.dim(-1),
                                 kOp, "x, z, out must share a shape [..., D] and weight be [D]"));

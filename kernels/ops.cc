@@ -5,37 +5,15 @@
 
 #include <atomic>
 #include <cstring>
-#include <initializer_list>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/device_memory.h"
+#include "kernels/op_checks.h"
 #include "kernels/status_macros.h"
 
 namespace sluice::kernels {
-namespace {
-
-absl::Status Expect(bool ok, absl::string_view op, absl::string_view what) {
-  if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(op, ": ", what));
-}
-
-absl::Status SameDevice(absl::string_view op, std::initializer_list<const Tensor*> tensors) {
-  Device d = (*tensors.begin())->device();
-  for (const Tensor* t : tensors) {
-    if (!t->defined()) return absl::InvalidArgumentError(absl::StrCat(op, ": undefined tensor"));
-    if (t->device() != d) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": tensors on different devices"));
-    }
-  }
-  if (d != Device::kCpu) {
-    return absl::UnimplementedError(absl::StrCat(op, " has no ", DeviceName(d), " kernel yet"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 namespace {
 std::atomic<MatmulPrecision> g_matmul_precision{MatmulPrecision::kF32};
