@@ -9,6 +9,7 @@ ARGS ?=
 
 deps:
 	@bash scripts/install-deps.sh
+	@bash scripts/setup-venv.sh
 
 configure: deps
 	@cmake --preset $(PRESET) >/dev/null

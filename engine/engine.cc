@@ -79,6 +79,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   so.block_size = options.block_size;
   so.itl_target_ms = options.itl_target_ms;
   so.itl_target_factor = options.itl_target_factor;
+  so.on_step = options.on_step;
   engine->scheduler_ = std::make_unique<Scheduler>(so, engine->model_.get(), std::move(cache),
                                                    std::move(state));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
@@ -88,6 +89,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
 Engine::~Engine() { Shutdown(); }
 
 absl::Status Engine::Submit(GenerationRequest request, std::shared_ptr<RequestChannel> channel) {
+  SLUICE_RETURN_IF_ERROR(Validate(request));
+  SLUICE_RETURN_IF_ERROR(scheduler_->Enqueue(std::move(request), std::move(channel)));
+  cv_.notify_one();
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Validate(const GenerationRequest& request) const {
   const ModelConfig& c = model_->config();
   if (request.prompt.empty()) return absl::InvalidArgumentError("input: the prompt is empty");
   for (int32_t id : request.prompt) {
@@ -129,8 +137,6 @@ absl::Status Engine::Submit(GenerationRequest request, std::shared_ptr<RequestCh
   if (absl::Now() >= request.deadline) {
     return absl::DeadlineExceededError("deadline passed before the request was queued");
   }
-  SLUICE_RETURN_IF_ERROR(scheduler_->Enqueue(std::move(request), std::move(channel)));
-  cv_.notify_one();
   return absl::OkStatus();
 }
 
@@ -153,7 +159,7 @@ void Engine::Shutdown() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  if (scheduler_) scheduler_->AbortAll(absl::UnavailableError("engine shut down"));
+  if (scheduler_) scheduler_->AbortAll(absl::UnavailableError("the server shut down before this request finished"));
 }
 
 void Engine::Loop() {

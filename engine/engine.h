@@ -35,6 +35,7 @@ struct EngineOptions {
   int32_t block_size = 16;
   double itl_target_ms = 0;        // see SchedulerOptions::itl_target_ms
   double itl_target_factor = 1.3;  // see SchedulerOptions::itl_target_factor
+  StepObserver on_step;            // see SchedulerOptions::on_step
 };
 
 struct ModelSummary {
@@ -53,6 +54,9 @@ class Engine {
   // Validates and queues a request. On error nothing was queued. On success every
   // request gets exactly one final event on its channel.
   absl::Status Submit(GenerationRequest request, std::shared_ptr<RequestChannel> channel);
+  // What Submit checks before queueing: ids in the vocabulary, the context limit,
+  // stopping, sampling, logprobs and the budget against this model; the deadline.
+  absl::Status Validate(const GenerationRequest& request) const;
 
   // Stop taking new requests; running and queued ones finish.
   void StartDrain();

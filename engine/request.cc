@@ -1,5 +1,7 @@
 #include "engine/request.h"
 
+#include "absl/time/clock.h"
+
 namespace sluice::engine {
 
 void RequestChannel::Push(RequestEvent event) {
@@ -8,6 +10,7 @@ void RequestChannel::Push(RequestEvent event) {
     std::lock_guard<std::mutex> lock(mu_);
     if (final_pushed_) return;  // exactly one final event, nothing after it
     final_pushed_ = event.final;
+    event.time = absl::Now();
     events_.push_back(std::move(event));
     listener = listener_;
   }

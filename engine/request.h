@@ -86,6 +86,11 @@ struct UsageStats {
   uint64_t attention_heads_skipped = 0;
   uint64_t attention_heads_total = 0;
   int32_t layers_skipped = 0;       // distinct layers skip_layers removes
+  // Engine-side phases, as vLLM defines them: queued until first scheduled, scheduled
+  // until the first token, first token until the last. Preemption keeps the first times.
+  double queue_seconds = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
   double mean_experts_per_token() const {
     return moe_token_layers == 0 ? 0.0 : static_cast<double>(expert_assignments) / moe_token_layers;
   }
@@ -100,6 +105,7 @@ struct RequestEvent {
   absl::Status status;
   FinishReason finish_reason = FinishReason::kNone;
   UsageStats usage;
+  absl::Time time;  // when the engine pushed it (set by RequestChannel::Push)
 };
 
 // The per-request channel between the engine thread and whoever serves the request.

@@ -10,7 +10,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev nlohmann-json3-dev
   ocl-icd-opencl-dev opencl-c-headers
-  python3 curl
+  python3 python3-venv curl openssl
+  prometheus
 )
 
 missing=()

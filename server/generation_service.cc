@@ -25,15 +25,6 @@ v1::FinishReason ToProto(FinishReason reason) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
-const char* FinishReasonLabel(FinishReason reason) {
-  switch (reason) {
-    case FinishReason::kLength: return "length";
-    case FinishReason::kStopToken:
-    case FinishReason::kStopString: return "stop";
-    case FinishReason::kNone: break;
-  }
-  return "abort";
-}
 
 void FillUsage(const engine::UsageStats& u, v1::Usage* out) {
   out->set_prompt_tokens(u.prompt_tokens);
@@ -93,14 +84,22 @@ struct ListenerHub {
 // Everything a generate call does with the engine's events, shared by unary and stream.
 class GenerationCall {
  public:
-  GenerationCall(ServingModel* model, Metrics* metrics) : model_(model), metrics_(metrics) {}
+  GenerationCall(ServingModel* model, Metrics* metrics, const RequestLimits& limits)
+      : model_(model), metrics_(metrics), limits_(limits), arrival_(absl::Now()) {}
 
-  // Validates and translates the request and prepares the channel and text stream.
+  // Validates and translates the request and prepares the channel and text stream. A
+  // failure is counted as a rejection.
   absl::StatusOr<engine::GenerationRequest> Start(grpc::CallbackServerContext* context,
                                                   const v1::GenerateRequest& proto) {
-    if (model_ == nullptr) return NotReady();
-    auto request = TranslateRequest(proto, *model_);
-    if (!request.ok()) return request.status();
+    if (model_ == nullptr) {
+      Reject(RejectReason::kUnavailable);
+      return NotReady();
+    }
+    auto request = TranslateRequest(proto, *model_, limits_);
+    if (!request.ok()) {
+      Reject(RejectReasonOf(request.status()));
+      return request.status();
+    }
     request->deadline = DeadlineOf(context);
     std::vector<std::string> stops(proto.stopping().stop().begin(), proto.stopping().stop().end());
     text_.emplace(model_->tokenizer.get(), std::move(stops));
@@ -111,8 +110,29 @@ class GenerationCall {
 
   std::shared_ptr<RequestChannel>& channel() { return channel_; }
 
+  // Hands the request to the engine; a refusal is counted as a rejection.
+  absl::Status Submit(engine::GenerationRequest request) {
+    const engine::ComputeBudget budget = request.budget;
+    absl::Status status = model_->engine->Submit(std::move(request), channel_);
+    if (!status.ok()) {
+      Reject(RejectReasonOf(status));
+    } else if (metrics_ != nullptr) {
+      metrics_->RequestAdmitted(budget);
+    }
+    return status;
+  }
+
   // Applies one event; returns the text delta. Sets *done with the final status.
   absl::StatusOr<std::string> Apply(const RequestEvent& event) {
+    if (!event.tokens.empty() && metrics_ != nullptr) {
+      // Engine push times, so that a stream's merged writes do not hide the gaps.
+      if (last_token_ == absl::InfinitePast()) {
+        metrics_->FirstToken(absl::ToDoubleSeconds(event.time - arrival_));
+      } else {
+        metrics_->InterToken(absl::ToDoubleSeconds(event.time - last_token_));
+      }
+      last_token_ = event.time;
+    }
     if (stopped_by_text_) return std::string();
     auto delta = text_->Push(event.tokens);
     if (!delta.ok()) return delta.status();
@@ -135,15 +155,35 @@ class GenerationCall {
   }
 
   std::string FinishText() { return stopped_by_text_ ? std::string() : text_->Finish(); }
-  void RecordFinish(FinishReason reason, const engine::UsageStats& usage) {
-    if (metrics_ != nullptr) metrics_->RequestFinished(FinishReasonLabel(reason), usage.prompt_tokens, usage.completion_tokens);
+  // Counts the request's end: a deadline is a rejection; anything else that ran is a
+  // finished request, with its latencies.
+  void RecordFinish(const absl::Status& status, FinishReason reason, const engine::UsageStats& usage) {
+    if (metrics_ == nullptr) return;
+    if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+      Reject(RejectReason::kDeadline);
+      return;
+    }
+    FinishedReason label = FinishedReason::kError;
+    if (status.ok()) {
+      label = reason == FinishReason::kLength ? FinishedReason::kLength : FinishedReason::kStop;
+    } else if (status.code() == absl::StatusCode::kCancelled || status.code() == absl::StatusCode::kUnavailable) {
+      label = FinishedReason::kAbort;  // the client went away, or the server shut down
+    }
+    metrics_->RequestFinished(label, usage, absl::ToDoubleSeconds(absl::Now() - arrival_));
   }
   const std::string& request_id() const { return request_id_; }
   bool stopped_by_text() const { return stopped_by_text_; }
 
  private:
+  void Reject(RejectReason reason) {
+    if (metrics_ != nullptr) metrics_->RequestRejected(reason);
+  }
+
   ServingModel* model_;
   Metrics* metrics_;
+  const RequestLimits& limits_;
+  const absl::Time arrival_;
+  absl::Time last_token_ = absl::InfinitePast();
   std::optional<TextStream> text_;
   std::shared_ptr<RequestChannel> channel_;
   std::string request_id_;
@@ -164,8 +204,9 @@ void Detach(const std::shared_ptr<Hub>& hub, GenerationCall& call) {
 class UnaryGenerateReactor final : public grpc::ServerUnaryReactor {
  public:
   UnaryGenerateReactor(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
-                       v1::GenerateResponse* response, ServingModel* model, Metrics* metrics)
-      : response_(response), call_(model, metrics), hub_(std::make_shared<Hub>()) {
+                       v1::GenerateResponse* response, ServingModel* model, Metrics* metrics,
+                       const RequestLimits& limits)
+      : response_(response), call_(model, metrics, limits), hub_(std::make_shared<Hub>()) {
     absl::StatusOr<engine::GenerationRequest> engine_request = call_.Start(context, *request);
     if (!engine_request.ok()) {
       Complete(ToGrpcStatus(engine_request.status()));
@@ -177,7 +218,7 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor {
       hub_->reactor = this;
     }
     Hub::Attach(hub_, call_.channel().get());
-    absl::Status status = model->engine->Submit(*std::move(engine_request), call_.channel());
+    absl::Status status = call_.Submit(*std::move(engine_request));
     if (!status.ok()) {
       std::lock_guard<std::recursive_mutex> lock(hub_->mu);
       Complete(ToGrpcStatus(status));
@@ -202,7 +243,7 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor {
         response_->mutable_text()->append(call_.FinishText());
         response_->set_finish_reason(ToProto(reason));
         FillUsage(event.usage, response_->mutable_usage());
-        call_.RecordFinish(reason, event.usage);
+        call_.RecordFinish(status, reason, event.usage);
         Complete(ToGrpcStatus(status));
         return;
       }
@@ -233,8 +274,8 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor {
 class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
  public:
   StreamGenerateReactor(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
-                        ServingModel* model, Metrics* metrics)
-      : call_(model, metrics), hub_(std::make_shared<Hub>()) {
+                        ServingModel* model, Metrics* metrics, const RequestLimits& limits)
+      : call_(model, metrics, limits), hub_(std::make_shared<Hub>()) {
     absl::StatusOr<engine::GenerationRequest> engine_request = call_.Start(context, *request);
     if (!engine_request.ok()) {
       finished_ = true;
@@ -246,7 +287,7 @@ class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::Generate
       hub_->reactor = this;
     }
     Hub::Attach(hub_, call_.channel().get());
-    absl::Status status = model->engine->Submit(*std::move(engine_request), call_.channel());
+    absl::Status status = call_.Submit(*std::move(engine_request));
     if (!status.ok()) {
       std::lock_guard<std::recursive_mutex> lock(hub_->mu);
       finished_ = true;
@@ -282,7 +323,7 @@ class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::Generate
         message_.mutable_text()->append(call_.FinishText());
         message_.set_finish_reason(ToProto(reason));
         FillUsage(event.usage, message_.mutable_usage());
-        call_.RecordFinish(reason, event.usage);
+        call_.RecordFinish(status, reason, event.usage);
         final = true;
         final_status = ToGrpcStatus(status);
         break;
@@ -336,7 +377,8 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context, const 
 }  // namespace
 
 absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateRequest& proto,
-                                                           const ServingModel& model) {
+                                                           const ServingModel& model,
+                                                           const RequestLimits& limits) {
   engine::GenerationRequest r;
   switch (proto.input_case()) {
     case v1::GenerateRequest::kText: {
@@ -357,6 +399,11 @@ absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateReq
     default:
       return absl::InvalidArgumentError("input: set either text or tokens");
   }
+  if (limits.max_prompt_tokens > 0 && static_cast<int64_t>(r.prompt.size()) > limits.max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("input: the prompt has ", r.prompt.size(),
+                                                   " tokens, over the limit --max_prompt_tokens=",
+                                                   limits.max_prompt_tokens));
+  }
   const auto& s = proto.sampling();
   r.sampling.temperature = s.temperature();
   r.sampling.top_k = s.top_k();
@@ -375,6 +422,15 @@ absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateReq
   if (st.max_tokens() > static_cast<uint32_t>(INT32_MAX) || st.min_tokens() > static_cast<uint32_t>(INT32_MAX)) {
     return absl::InvalidArgumentError("stopping.max_tokens/min_tokens: too large");
   }
+  if (limits.max_output_tokens > 0 && st.max_tokens() > limits.max_output_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.max_tokens: ", st.max_tokens(),
+                                                   " is over the limit --max_output_tokens=",
+                                                   limits.max_output_tokens));
+  }
+  if (st.stop_token_ids_size() > limits.max_stop_token_ids) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.stop_token_ids: ", st.stop_token_ids_size(),
+                                                   " ids, over the limit of ", limits.max_stop_token_ids));
+  }
   r.stopping.max_tokens = static_cast<int32_t>(st.max_tokens());
   r.stopping.min_tokens = static_cast<int32_t>(st.min_tokens());
   r.stopping.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
@@ -382,11 +438,19 @@ absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateReq
   if (st.stop_size() > 0 && model.tokenizer == nullptr) {
     return absl::FailedPreconditionError("stopping.stop: stop strings need the model's tokenizer");
   }
+  if (st.stop_size() > limits.max_stop_strings) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.stop: ", st.stop_size(),
+                                                   " stop strings, over the limit --max_stop_strings=",
+                                                   limits.max_stop_strings));
+  }
   for (const auto& stop : st.stop()) {
     if (stop.empty()) return absl::InvalidArgumentError("stopping.stop: empty stop string");
-    if (stop.size() > 1024) return absl::InvalidArgumentError("stopping.stop: stop string over 1024 bytes");
+    if (static_cast<int64_t>(stop.size()) > limits.max_stop_string_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop: a stop string of ", stop.size(),
+                                                     " bytes, over the limit --max_stop_string_bytes=",
+                                                     limits.max_stop_string_bytes));
+    }
   }
-  if (st.stop_size() > 16) return absl::InvalidArgumentError("stopping.stop: at most 16 stop strings");
   const auto& b = proto.budget();
   r.budget.skip_ratio = b.skip_ratio();
   r.budget.experts_per_token = static_cast<int32_t>(b.experts_per_token());
@@ -397,8 +461,9 @@ absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateReq
   }
   r.priority = proto.priority();
   if (proto.has_logprobs()) {
-    if (proto.logprobs().top_n() > 20) {
-      return absl::InvalidArgumentError("logprobs.top_n must be at most 20");
+    if (proto.logprobs().top_n() > static_cast<uint32_t>(limits.max_logprobs)) {
+      return absl::InvalidArgumentError(absl::StrCat("logprobs.top_n: ", proto.logprobs().top_n(),
+                                                     " is over the limit --max_logprobs=", limits.max_logprobs));
     }
     r.logprobs_top_n = static_cast<int32_t>(proto.logprobs().top_n());
   }
@@ -409,13 +474,17 @@ absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateReq
 grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContext* context,
                                                       const v1::GenerateRequest* request,
                                                       v1::GenerateResponse* response) {
-  if (model() == nullptr) return FinishNow(context, NotReady());
-  return new UnaryGenerateReactor(context, request, response, model(), metrics_);
+  if (model() == nullptr) {
+    if (metrics_ != nullptr) metrics_->RequestRejected(RejectReason::kUnavailable);
+    return FinishNow(context, NotReady());
+  }
+  return new UnaryGenerateReactor(context, request, response, model(), metrics_, limits_);
 }
 
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerationService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   if (model() == nullptr) {
+    if (metrics_ != nullptr) metrics_->RequestRejected(RejectReason::kUnavailable);
     class Rejected final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
      public:
       Rejected() { Finish(ToGrpcStatus(NotReady())); }
@@ -423,7 +492,7 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerationService::Generat
     };
     return new Rejected();
   }
-  return new StreamGenerateReactor(context, request, model(), metrics_);
+  return new StreamGenerateReactor(context, request, model(), metrics_, limits_);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,

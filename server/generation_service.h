@@ -22,9 +22,21 @@ struct ServingModel {
   std::string model_dir;
 };
 
+// Per-request limits (flags of the same names; the README's limits table). Each
+// violation is INVALID_ARGUMENT naming the limit and the value.
+struct RequestLimits {
+  int64_t max_prompt_tokens = 0;   // 0: the model's context
+  int64_t max_output_tokens = 0;   // stopping.max_tokens; 0: the context
+  int32_t max_stop_strings = 16;
+  int32_t max_stop_string_bytes = 1024;
+  int32_t max_logprobs = 20;       // logprobs.top_n
+  int32_t max_stop_token_ids = 64;
+};
+
 class GenerationService final : public v1::Generation::CallbackService {
  public:
-  explicit GenerationService(Metrics* metrics) : metrics_(metrics) {}
+  explicit GenerationService(Metrics* metrics, RequestLimits limits = RequestLimits())
+      : metrics_(metrics), limits_(limits) {}
 
   // Publishes the loaded model; RPCs before this answer UNAVAILABLE.
   void SetModel(ServingModel* model) { model_.store(model, std::memory_order_release); }
@@ -52,11 +64,13 @@ class GenerationService final : public v1::Generation::CallbackService {
 
   std::atomic<ServingModel*> model_{nullptr};
   Metrics* metrics_;
+  RequestLimits limits_;
 };
 
-// Proto → engine request, validating every field. Exposed for tests.
+// Proto → engine request, validating every field against the limits. Exposed for tests.
 absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateRequest& request,
-                                                           const ServingModel& model);
+                                                           const ServingModel& model,
+                                                           const RequestLimits& limits = RequestLimits());
 
 }  // namespace sluice::server
 

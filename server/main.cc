@@ -1,10 +1,19 @@
-// sluiced: the serving daemon. Starts the gRPC server first (health NOT_SERVING), loads
-// the model, then flips health to SERVING. SIGTERM or SIGINT drains: health goes
-// NOT_SERVING, new requests get UNAVAILABLE, in-flight ones finish (up to
-// --drain_timeout), then the process exits 0.
+// sluiced: the serving daemon.
+//
+// Life cycle, as load balancers and kubelets see it through grpc.health.v1 (for the
+// empty service name and for sluice.v1.Generation alike):
+//  1. NOT_SERVING while the model loads and one warm-up request runs, then SERVING.
+//  2. SIGTERM (or SIGINT): NOT_SERVING at once, but requests are still accepted for
+//     --drain_grace_s so that load balancers notice before anyone is refused; a second
+//     signal skips the rest of the grace. Then new requests get UNAVAILABLE, in-flight
+//     ones finish for up to --drain_timeout_s (a signal now ends that wait), whatever is
+//     left ends with UNAVAILABLE ("the server shut down ..."), and the process exits 0.
+//  SIGHUP re-reads --api_keys_file without touching open streams.
+// Start-up failures exit 1 with one line naming the flag and its value.
 #include <signal.h>
 
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -20,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/engine.h"
+#include "server/auth.h"
 #include "server/generation_service.h"
 #include "server/interceptors.h"
 #include "server/metrics.h"
@@ -31,6 +41,8 @@
 ABSL_FLAG(std::string, model, SLUICE_DEFAULT_MODEL_DIR,
           "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json). "
           "Defaults to the embedded random-weight demo model.");
+ABSL_FLAG(std::string, served_model_name, "",
+          "Model name in metrics (label model_name); default: the --model directory's name");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (HOST:PORT; port 0 picks one)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address; empty disables");
 ABSL_FLAG(int32_t, threads, 0, "Compute threads (0: all cores)");
@@ -44,63 +56,201 @@ ABSL_FLAG(double, itl_target_factor, 1.3,
           "With no --itl_target_ms, the target is this factor times the measured decode-step "
           "time (0: no target, prompt chunks only bounded by --max_num_batched_tokens)");
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens (0: the model's)");
-ABSL_FLAG(int64_t, kv_cache_memory, 512ll << 20, "Bytes for the KV cache");
+ABSL_FLAG(int64_t, kv_cache_memory, 512ll << 20, "Bytes for the KV cache and recurrent-state slots");
 ABSL_FLAG(std::string, matmul_precision, "f32",
           "bf16-weight matmuls: f32 (exact, activations stay f32) or bf16 (AVX512-BF16 "
           "dot products on bf16-rounded activations, ~2x the arithmetic rate)");
-ABSL_FLAG(int32_t, max_message_bytes, 4 << 20, "Largest gRPC request accepted");
-ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds in-flight requests get to finish on SIGTERM");
+ABSL_FLAG(int32_t, max_message_bytes, 4 << 20, "Largest gRPC request accepted (RESOURCE_EXHAUSTED above)");
+ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Most prompt tokens per request (0: the context)");
+ABSL_FLAG(int64_t, max_output_tokens, 0, "Largest stopping.max_tokens accepted (0: the context)");
+ABSL_FLAG(int32_t, max_stop_strings, 16, "Most stop strings per request");
+ABSL_FLAG(int32_t, max_stop_string_bytes, 1024, "Longest stop string in bytes");
+ABSL_FLAG(int32_t, max_logprobs, 20, "Largest logprobs.top_n accepted (at most 20)");
+ABSL_FLAG(int32_t, max_streams_per_connection, 100,
+          "Concurrent RPCs per client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; more wait)");
+ABSL_FLAG(int32_t, drain_grace_s, 5,
+          "On SIGTERM, seconds health reports NOT_SERVING while requests are still accepted");
+ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds in-flight requests then get to finish");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "File of API keys, one per line; every RPC but health then needs 'authorization: Bearer <key>'. "
+          "Re-read on SIGHUP");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC (and /metrics) over TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates it signed (mutual TLS)");
+ABSL_FLAG(bool, metrics_tls, true, "With --tls_cert, serve /metrics over HTTPS with the same certificate");
+ABSL_FLAG(std::string, expert_metrics, "off",
+          "Expert-load series sluice_expert_tokens_total: off, all (layers x experts series) or top:N per layer");
 ABSL_FLAG(std::string, port_file, "", "If set, write the bound gRPC port here once listening (tests)");
 
 namespace {
 
-int Run() {
-  using sluice::server::GenerationService;
-  using sluice::server::Metrics;
-  using sluice::server::ServingModel;
+using sluice::server::ApiKeys;
+using sluice::server::GenerationService;
+using sluice::server::Metrics;
+using sluice::server::ServingModel;
 
-  // Block the shutdown signals in every thread; this thread takes them with sigwait.
+int Fail(const std::string& line) {
+  std::cerr << "sluiced: " << line << "\n";
+  return 1;
+}
+
+// MemAvailable from /proc/meminfo in bytes, or -1 when unknown.
+int64_t AvailableMemory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit) {
+    if (key == "MemAvailable:") return kb * 1024;
+  }
+  return -1;
+}
+
+void WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return;
+  const std::string tmp = path + ".tmp";
+  if (FILE* f = std::fopen(tmp.c_str(), "w"); f != nullptr) {
+    std::fprintf(f, "%d\n", port);
+    std::fclose(f);
+    std::rename(tmp.c_str(), path.c_str());
+  }
+}
+
+// One short request through the engine before health says SERVING: the first steps
+// pay for page faults on the weights and for allocator warm-up, not a user.
+absl::Status WarmUp(sluice::engine::Engine* engine) {
+  sluice::engine::GenerationRequest request;
+  request.prompt = {engine->model().config().bos_token_id.value_or(0)};
+  request.stopping.max_tokens = 2;
+  request.stopping.ignore_eos = true;
+  request.request_id = "warm-up";
+  auto channel = std::make_shared<sluice::engine::RequestChannel>();
+  if (absl::Status s = engine->Submit(std::move(request), channel); !s.ok()) return s;
+  sluice::engine::RequestEvent event;
+  while (channel->PopWait(&event, absl::Now() + absl::Seconds(120))) {
+    if (event.final) return event.status;
+  }
+  return absl::DeadlineExceededError("the warm-up request did not finish in 120 s");
+}
+
+void SetServing(grpc::HealthCheckServiceInterface* health, bool serving) {
+  health->SetServingStatus(serving);
+  health->SetServingStatus("", serving);
+  health->SetServingStatus("sluice.v1.Generation", serving);
+}
+
+// Waits for the next signal among `signals` until `deadline`; returns it, or 0 on timeout.
+int WaitSignal(const sigset_t& signals, absl::Time deadline) {
+  for (;;) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return 0;
+    const timespec ts = absl::ToTimespec(std::min(left, absl::Seconds(1)));
+    const int sig = sigtimedwait(&signals, nullptr, &ts);
+    if (sig > 0) return sig;
+  }
+}
+
+int Run() {
+  // Block the life-cycle signals in every thread; this thread takes them with sigwait.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  Metrics metrics;
-  if (auto s = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen)); !s.ok()) {
-    std::cerr << "sluiced: " << s.message() << "\n";
-    return 1;
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (!std::filesystem::is_directory(model_dir)) return Fail("--model=" + model_dir + ": not a directory");
+  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json")) {
+    return Fail("--model=" + model_dir + ": no config.json in the directory");
+  }
+  const std::string precision = absl::GetFlag(FLAGS_matmul_precision);
+  if (precision != "f32" && precision != "bf16") {
+    return Fail("--matmul_precision=" + precision + ": must be f32 or bf16");
+  }
+  if (const int32_t n = absl::GetFlag(FLAGS_max_logprobs); n < 0 || n > 20) {
+    return Fail(absl::StrCat("--max_logprobs=", n, ": must be between 0 and 20"));
+  }
+  if (absl::GetFlag(FLAGS_drain_grace_s) < 0 || absl::GetFlag(FLAGS_drain_timeout_s) < 0) {
+    return Fail("--drain_grace_s and --drain_timeout_s must be >= 0");
+  }
+  const int64_t kv_memory = absl::GetFlag(FLAGS_kv_cache_memory);
+  if (kv_memory <= 0) return Fail(absl::StrCat("--kv_cache_memory=", kv_memory, ": must be > 0"));
+  if (const int64_t available = AvailableMemory(); available > 0 && kv_memory > available) {
+    return Fail(absl::StrCat("--kv_cache_memory=", kv_memory, ": more than the ", available,
+                             " bytes of memory available"));
+  }
+  auto expert_mode = sluice::server::ExpertMetricsMode::Parse(absl::GetFlag(FLAGS_expert_metrics));
+  if (!expert_mode.ok()) return Fail(std::string(expert_mode.status().message()) + ", got '" +
+                                     absl::GetFlag(FLAGS_expert_metrics) + "'");
+
+  std::unique_ptr<ApiKeys> keys;
+  if (const std::string path = absl::GetFlag(FLAGS_api_keys_file); !path.empty()) {
+    auto loaded = ApiKeys::Load(path);
+    if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
+    keys = *std::move(loaded);
+  }
+  const sluice::server::TlsFiles tls{absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                                     absl::GetFlag(FLAGS_tls_client_ca)};
+
+  sluice::server::MetricsOptions metrics_options;
+  metrics_options.model_name = absl::GetFlag(FLAGS_served_model_name);
+  if (metrics_options.model_name.empty()) {
+    metrics_options.model_name = std::filesystem::path(model_dir).lexically_normal().filename().string();
+    if (metrics_options.model_name.empty()) {
+      metrics_options.model_name = std::filesystem::path(model_dir).lexically_normal().parent_path().filename().string();
+    }
+  }
+  metrics_options.expert_metrics = *expert_mode;
+  metrics_options.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  Metrics metrics(metrics_options);
+  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  const bool metrics_tls = tls.enabled() && absl::GetFlag(FLAGS_metrics_tls);
+  if (auto s = metrics.Serve(metrics_listen, metrics_tls ? tls.cert : "", metrics_tls ? tls.key : ""); !s.ok()) {
+    return Fail("--metrics_listen=" + metrics_listen + ": " + std::string(s.message()));
   }
 
-  GenerationService service(&metrics);
+  auto credentials = sluice::server::MakeServerCredentials(tls, keys.get(), &metrics);
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  if (!sluice::server::IsLoopbackAddress(listen) && !tls.enabled() && keys == nullptr) {
+    std::cerr << "sluiced: warning: --listen=" << listen
+              << " is reachable from other machines with neither TLS (--tls_cert) nor API keys "
+                 "(--api_keys_file): anyone who reaches the port can use the model\n";
+  }
+  if (!metrics_listen.empty() && !sluice::server::IsLoopbackAddress(metrics_listen) && !metrics_tls) {
+    std::cerr << "sluiced: warning: --metrics_listen=" << metrics_listen
+              << " serves /metrics in plaintext, without API keys, beyond this machine\n";
+  }
+
+  sluice::server::RequestLimits limits;
+  limits.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  limits.max_output_tokens = absl::GetFlag(FLAGS_max_output_tokens);
+  limits.max_stop_strings = absl::GetFlag(FLAGS_max_stop_strings);
+  limits.max_stop_string_bytes = absl::GetFlag(FLAGS_max_stop_string_bytes);
+  limits.max_logprobs = absl::GetFlag(FLAGS_max_logprobs);
+  GenerationService service(&metrics, limits);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, absl::GetFlag(FLAGS_max_streams_per_connection));
   builder.RegisterService(&service);
   builder.experimental().SetInterceptorCreators(sluice::server::MakeInterceptorFactories(&metrics));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    std::cerr << "sluiced: cannot listen on " << absl::GetFlag(FLAGS_listen) << "\n";
-    return 1;
+    return Fail("--listen=" + listen + ": cannot listen there (address in use, or not an address of this machine)");
   }
   auto* health = server->GetHealthCheckService();
-  health->SetServingStatus(false);
-  std::cerr << "sluiced: listening on port " << port << "\n";
-  if (const std::string pf = absl::GetFlag(FLAGS_port_file); !pf.empty()) {
-    const std::string tmp = pf + ".tmp";
-    FILE* f = std::fopen(tmp.c_str(), "w");
-    if (f != nullptr) {
-      std::fprintf(f, "%d\n", port);
-      std::fclose(f);
-      std::rename(tmp.c_str(), pf.c_str());
-    }
-  }
+  SetServing(health, false);
+  std::cerr << "sluiced: listening on port " << port << (tls.enabled() ? " (TLS" : " (plaintext")
+            << (keys ? ", API keys)" : ")") << "\n";
+  WritePortFile(absl::GetFlag(FLAGS_port_file), port);
 
   ServingModel model;
-  model.model_dir = absl::GetFlag(FLAGS_model);
+  model.model_dir = model_dir;
   sluice::engine::EngineOptions options;
   options.model_dir = model.model_dir;
   options.threads = absl::GetFlag(FLAGS_threads);
@@ -108,62 +258,79 @@ int Run() {
   options.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
-  options.kv_cache_memory = absl::GetFlag(FLAGS_kv_cache_memory);
+  options.kv_cache_memory = kv_memory;
   options.itl_target_ms = absl::GetFlag(FLAGS_itl_target_ms);
   options.itl_target_factor = absl::GetFlag(FLAGS_itl_target_factor);
-  const std::string precision = absl::GetFlag(FLAGS_matmul_precision);
-  if (precision != "f32" && precision != "bf16") {
-    std::cerr << "sluiced: --matmul_precision must be f32 or bf16, got '" << precision << "'\n";
-    server->Shutdown();
-    return 1;
-  }
   options.matmul_precision = precision == "bf16" ? sluice::kernels::MatmulPrecision::kBf16
                                                  : sluice::kernels::MatmulPrecision::kF32;
+  options.on_step = [&metrics](const sluice::engine::StepMetrics& step) { metrics.StepFinished(step); };
   const absl::Time load_start = absl::Now();
   auto engine = sluice::engine::Engine::Create(options);
   if (!engine.ok()) {
-    std::cerr << "sluiced: cannot load model from " << model.model_dir << ": " << engine.status() << "\n";
     server->Shutdown();
-    return 1;
+    return Fail("--model=" + model.model_dir + ": cannot load: " + std::string(engine.status().message()));
   }
   model.engine = *std::move(engine);
   if (std::filesystem::exists(std::filesystem::path(model.model_dir) / "tokenizer.json")) {
     auto tok = sluice::tokenizer::Tokenizer::LoadFromDirectory(model.model_dir);
     if (!tok.ok()) {
-      std::cerr << "sluiced: cannot load the tokenizer: " << tok.status() << "\n";
       server->Shutdown();
-      return 1;
+      return Fail("--model=" + model.model_dir + ": cannot load the tokenizer: " + std::string(tok.status().message()));
     }
     model.tokenizer = *std::move(tok);
   }
+  if (absl::Status s = WarmUp(model.engine.get()); !s.ok()) {
+    server->Shutdown();
+    return Fail("--model=" + model.model_dir + ": the warm-up request failed: " + std::string(s.message()));
+  }
   const auto& config = model.engine->model().config();
   std::cerr << "sluiced: loaded " << config.model_type << " (" << config.num_layers << " layers, "
-            << config.TotalParameters() << " parameters) from " << model.model_dir << " in "
+            << config.TotalParameters() << " parameters) from " << model.model_dir << " and warmed up in "
             << absl::ToDoubleMilliseconds(absl::Now() - load_start) << " ms\n";
+  metrics.SetEngine(model.engine.get());
   service.SetModel(&model);
-  health->SetServingStatus(true);
+  SetServing(health, true);
 
-  // Publish engine gauges while waiting for a shutdown signal.
-  std::atomic<bool> stop_gauges{false};
-  std::thread gauges([&] {
-    while (!stop_gauges.load()) {
-      auto s = model.engine->Stats();
-      metrics.SetEngineGauges(s.running, s.waiting,
-                              s.total_blocks ? 1.0 - double(s.free_blocks) / s.total_blocks : 0.0);
-      absl::SleepFor(absl::Milliseconds(500));
-    }
-  });
+  // Serve until SIGTERM/SIGINT; SIGHUP re-reads the API keys.
   int sig = 0;
-  sigwait(&signals, &sig);
-  std::cerr << "sluiced: signal " << sig << ", draining\n";
-  health->SetServingStatus(false);
+  for (;;) {
+    sigwait(&signals, &sig);
+    if (sig != SIGHUP) break;
+    if (keys == nullptr) {
+      std::cerr << "sluiced: SIGHUP: no --api_keys_file to re-read\n";
+    } else if (absl::Status s = keys->Reload(); !s.ok()) {
+      std::cerr << "sluiced: SIGHUP: keeping the " << keys->size() << " keys in force: " << s.message() << "\n";
+    } else {
+      std::cerr << "sluiced: SIGHUP: re-read " << keys->size() << " API keys from " << keys->path() << "\n";
+    }
+  }
+  sigdelset(&signals, SIGHUP);
+  SetServing(health, false);
+  const int grace = absl::GetFlag(FLAGS_drain_grace_s);
+  std::cerr << "sluiced: signal " << sig << ": NOT_SERVING; accepting requests for " << grace
+            << " s more (a second signal skips this)\n";
+  if (WaitSignal(signals, absl::Now() + absl::Seconds(grace)) != 0) {
+    std::cerr << "sluiced: second signal: ending the grace period\n";
+  }
   model.engine->StartDrain();
-  const absl::Duration drain = absl::Seconds(absl::GetFlag(FLAGS_drain_timeout_s));
-  // Shutdown waits for in-flight RPCs until the deadline, then cancels the rest.
-  server->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+  const int timeout = absl::GetFlag(FLAGS_drain_timeout_s);
+  std::cerr << "sluiced: draining: new requests get UNAVAILABLE; in-flight ones have " << timeout << " s\n";
+  const absl::Time drain_end = absl::Now() + absl::Seconds(timeout);
+  while (!model.engine->WaitIdle(absl::Milliseconds(100))) {
+    if (absl::Now() >= drain_end) {
+      std::cerr << "sluiced: drain timeout: ending what is left with UNAVAILABLE\n";
+      break;
+    }
+    const timespec poll{0, 0};
+    if (sigtimedwait(&signals, nullptr, &poll) > 0) {
+      std::cerr << "sluiced: another signal: ending what is left with UNAVAILABLE\n";
+      break;
+    }
+  }
+  // Ends every request still pending with UNAVAILABLE; their RPCs finish with it.
   model.engine->Shutdown();
-  stop_gauges.store(true);
-  gauges.join();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  metrics.SetEngine(nullptr);
   service.SetModel(nullptr);
   std::cerr << "sluiced: stopped\n";
   return 0;
@@ -172,7 +339,9 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("sluiced --model DIR [--listen HOST:PORT] [--metrics_listen HOST:PORT]");
+  absl::SetProgramUsageMessage(
+      "sluiced --model DIR [--listen HOST:PORT] [--metrics_listen HOST:PORT] [--api_keys_file F] "
+      "[--tls_cert F --tls_key F]");
   absl::ParseCommandLine(argc, argv);
   return Run();
 }

@@ -623,4 +623,14 @@ double CausalLm::GateFlopsPerToken() const {
 
 uint64_t CausalLm::WeightBytesPerToken() const { return weight_bytes_per_token_; }
 
+std::vector<std::pair<int32_t, std::vector<uint64_t>>> CausalLm::ExpertTokenCounts() const {
+  std::vector<std::pair<int32_t, std::vector<uint64_t>>> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (const auto* moe = dynamic_cast<const MoeFeedForward*>(layers_[i].ffn.get())) {
+      out.emplace_back(static_cast<int32_t>(i), moe->ExpertTokenCounts());
+    }
+  }
+  return out;
+}
+
 }  // namespace sluice::engine

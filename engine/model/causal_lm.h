@@ -71,6 +71,10 @@ class CausalLm : public LanguageModel {
   double DenseFlops(int64_t past, int64_t tokens) const override;
   // Bytes of weights one decode step reads (for bandwidth figures).
   uint64_t WeightBytesPerToken() const;
+  uint64_t WeightBytesPerStep() const override { return WeightBytesPerToken(); }
+  // Tokens routed to each expert since load, per MoE layer: {layer index, counts per
+  // expert}. Thread-safe; read while the engine runs (metrics).
+  std::vector<std::pair<int32_t, std::vector<uint64_t>>> ExpertTokenCounts() const;
 
  private:
   // GateSkip residual gate of one branch: out = h + sigmoid(W x + b) ⊙ f(x), x the

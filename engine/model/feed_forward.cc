@@ -94,6 +94,7 @@ absl::StatusOr<std::unique_ptr<MoeFeedForward>> MoeFeedForward::Load(const Model
     SLUICE_ASSIGN_OR_RETURN(Tensor gate, ckpt.Get(block + "shared_expert_gate.weight", {1, h}));
     SLUICE_ASSIGN_OR_RETURN(m->shared_expert_gate_, kernels::Linear::Create(gate, device));
   }
+  m->expert_tokens_ = std::make_unique<std::atomic<uint64_t>[]>(m->experts_.size());
   return m;
 }
 
@@ -148,6 +149,7 @@ absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out, const RowCont
   for (int64_t e = 0; e < num_experts; ++e) {
     const int64_t n = static_cast<int64_t>(rows[e].size());
     if (n == 0) continue;  // inactive experts are never read
+    expert_tokens_[e].fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
     SLUICE_ASSIGN_OR_RETURN(Tensor row_ids, Tensor::Empty({n}, DType::kI32, device));
     SLUICE_ASSIGN_OR_RETURN(Tensor row_scale, Tensor::Empty({n}, DType::kF32, device));
     SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(row_ids.raw(), device, rows[e].data(), kernels::Device::kCpu, n * 4));
@@ -174,6 +176,12 @@ double MoeFeedForward::FlopsPerToken() const {
   flops += top_k_ * experts_[0]->FlopsPerToken();
   if (shared_expert_) flops += shared_expert_->FlopsPerToken() + 2.0 * hidden_;
   return flops;
+}
+
+std::vector<uint64_t> MoeFeedForward::ExpertTokenCounts() const {
+  std::vector<uint64_t> counts(experts_.size());
+  for (size_t e = 0; e < counts.size(); ++e) counts[e] = expert_tokens_[e].load(std::memory_order_relaxed);
+  return counts;
 }
 
 size_t MoeFeedForward::ActiveWeightBytes() const {

@@ -3,6 +3,7 @@
 #ifndef SLUICE_ENGINE_MODEL_FEED_FORWARD_H_
 #define SLUICE_ENGINE_MODEL_FEED_FORWARD_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +53,8 @@ class MoeFeedForward : public FeedForward {
   size_t ActiveWeightBytes() const;
   int64_t top_k() const { return top_k_; }
   double ExpertFlopsPerToken() const { return experts_[0]->FlopsPerToken(); }
+  // Tokens routed to each expert since load (expert load metrics). Thread-safe.
+  std::vector<uint64_t> ExpertTokenCounts() const;
 
  private:
   int64_t hidden_ = 0;
@@ -61,6 +64,8 @@ class MoeFeedForward : public FeedForward {
   std::vector<std::unique_ptr<SwiGluFeedForward>> experts_;
   std::unique_ptr<SwiGluFeedForward> shared_expert_;  // null when absent
   std::unique_ptr<kernels::Linear> shared_expert_gate_;
+  // Relaxed atomics: the engine thread adds, a metrics scrape reads.
+  std::unique_ptr<std::atomic<uint64_t>[]> expert_tokens_;
 };
 
 }  // namespace sluice::engine

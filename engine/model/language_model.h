@@ -33,6 +33,8 @@ class LanguageModel {
   }
   // FLOPs of `tokens` new tokens of one sequence whose context grows from `past`.
   virtual double DenseFlops(int64_t past, int64_t tokens) const = 0;
+  // Weight bytes one step reads (each weight once per step; k experts per MoE layer).
+  virtual uint64_t WeightBytesPerStep() const { return 0; }
 };
 
 }  // namespace sluice::engine

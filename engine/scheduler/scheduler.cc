@@ -47,6 +47,7 @@ absl::Status Scheduler::Enqueue(GenerationRequest request, std::shared_ptr<Reque
   seq->usage.layers_skipped = seq->budget.num_skipped_layers;
   seq->request = std::move(request);
   seq->channel = std::move(channel);
+  seq->enqueued = absl::Now();
   std::lock_guard<std::mutex> lock(mu_);
   if (draining_) return absl::UnavailableError("server is draining; not accepting new requests");
   if (queued_count_ >= options_.max_queue) {
@@ -111,6 +112,12 @@ void Scheduler::DrainInbox() {
 
 void Scheduler::Finish(SeqPtr seq, absl::Status status, FinishReason reason) {
   ReleaseResources(seq.get());
+  const absl::Time now = absl::Now();
+  const bool scheduled = seq->first_scheduled != absl::InfinitePast();
+  const bool produced = seq->first_token != absl::InfinitePast();
+  seq->usage.queue_seconds = absl::ToDoubleSeconds((scheduled ? seq->first_scheduled : now) - seq->enqueued);
+  seq->usage.prefill_seconds = scheduled ? absl::ToDoubleSeconds((produced ? seq->first_token : now) - seq->first_scheduled) : 0;
+  seq->usage.decode_seconds = produced ? absl::ToDoubleSeconds(seq->last_token - seq->first_token) : 0;
   RequestEvent event;
   event.final = true;
   event.status = std::move(status);
@@ -286,6 +293,7 @@ void Scheduler::Step() {
     if (oldest_prompt == nullptr || p->arrival < oldest_prompt->arrival) oldest_prompt = p.get();
   }
 
+  const uint64_t preemptions_before = preemptions_;  // engine thread is the only writer
   ForwardBatch batch;
   struct Scheduled {
     Sequence* seq;
@@ -368,8 +376,17 @@ void Scheduler::Step() {
   }
 
   const absl::Time step_start = absl::Now();
+  for (const Scheduled& s : scheduled) {
+    if (s.seq->first_scheduled == absl::InfinitePast()) s.seq->first_scheduled = step_start;
+  }
   absl::Status status = model_->ForwardWithCosts(batch, &kv_cache_, &state_cache_, &logits_, &costs_);
   if (decodes > 0) OnStepTimed(absl::Now() - step_start, decodes, prompt_tokens, probe);
+  StepMetrics step_metrics;
+  step_metrics.tokens = batch.num_tokens();
+  step_metrics.prompt_tokens = prompt_tokens;
+  step_metrics.decodes = decodes;
+  step_metrics.preemptions = static_cast<int32_t>(preemptions_ - preemptions_before);
+  step_metrics.read_bytes = EstimatedReadBytes(batch);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;
@@ -391,9 +408,11 @@ void Scheduler::Step() {
     seq->usage.dense_flops += flops;
     if (seq->budget.empty() || si >= costs_.size()) {
       seq->usage.executed_flops += flops;
+      step_metrics.executed_flops += flops;
     } else {
       const SequenceCost& c = costs_[si];
       seq->usage.executed_flops += flops - c.saved_flops;
+      step_metrics.executed_flops += flops - c.saved_flops;
       seq->usage.branches_skipped += c.branches_skipped;
       seq->usage.branches_total += c.branches_total;
       seq->usage.expert_assignments += c.expert_assignments;
@@ -416,6 +435,8 @@ void Scheduler::Step() {
                                                static_cast<uint64_t>(seq->num_generated), &lp);
     seq->tokens.push_back(token);
     ++seq->num_generated;
+    seq->last_token = absl::Now();
+    if (seq->num_generated == 1) seq->first_token = seq->last_token;
     seq->usage.completion_tokens = seq->num_generated;
     event.tokens.push_back(token);
     if (seq->request.logprobs_top_n >= 0) event.logprobs.push_back(std::move(lp));
@@ -441,6 +462,19 @@ void Scheduler::Step() {
     Finish(std::move(owned), ending.first, ending.second);
   }
   PublishCounters();
+  step_metrics.seconds = absl::ToDoubleSeconds(absl::Now() - step_start);
+  if (options_.on_step) options_.on_step(step_metrics);
+}
+
+double Scheduler::EstimatedReadBytes(const ForwardBatch& batch) const {
+  const KvCacheShape& kv = kv_cache_.shape();
+  const double kv_bytes_per_token = static_cast<double>(kv.BytesPerBlock()) / kv.block_size;
+  double bytes = static_cast<double>(model_->WeightBytesPerStep());
+  for (size_t i = 0; i < batch.sequences.size(); ++i) {
+    bytes += kv_bytes_per_token * batch.sequences[i].context_len;
+    if (batch.state_slots[i] >= 0) bytes += static_cast<double>(state_cache_.shape().BytesPerSlot());
+  }
+  return bytes;
 }
 
 void Scheduler::AbortAll(const absl::Status& status) {

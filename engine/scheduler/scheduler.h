@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -45,6 +46,21 @@ namespace sluice::engine {
 // reading a stream tells 5 ms gaps from 1 ms ones, and tiny models' step times are noise.
 inline constexpr double kMinAutoItlTargetMs = 5;
 
+// What one engine step did, for metrics. Reported from the engine thread after the
+// step's tokens are appended; the observer must be quick and must not call back in.
+struct StepMetrics {
+  double seconds = 0;          // the forward pass and sampling
+  int32_t tokens = 0;          // prompt-chunk tokens + decode tokens in the batch
+  int32_t prompt_tokens = 0;
+  int32_t decodes = 0;
+  int32_t preemptions = 0;     // sequences preempted while forming this step
+  double executed_flops = 0;   // the shape-based accounting of Usage, summed over rows
+  // Estimated bytes the step reads: the weights once (with the model's k experts per MoE
+  // layer), every attended K/V entry, and each recurrent-state slot in use.
+  double read_bytes = 0;
+};
+using StepObserver = std::function<void(const StepMetrics&)>;
+
 struct SchedulerOptions {
   int32_t max_num_seqs = 64;
   int32_t max_num_batched_tokens = 2048;
@@ -61,6 +77,7 @@ struct SchedulerOptions {
   // p99 ITL at 16 streams beside 2,000-token prompts within 3x the single-stream p99
   // (1.5 did not, once gRPC shared the two cores with the steps).
   double itl_target_factor = 0;
+  StepObserver on_step;  // optional
 };
 
 struct SchedulerStats {
@@ -115,6 +132,10 @@ class Scheduler {
     UsageStats usage;
     int32_t max_tokens = 0;
     SequenceBudget budget;  // resolved from request.budget at Enqueue
+    absl::Time enqueued;
+    absl::Time first_scheduled = absl::InfinitePast();  // InfinitePast: not yet
+    absl::Time first_token = absl::InfinitePast();
+    absl::Time last_token = absl::InfinitePast();
   };
   using SeqPtr = std::unique_ptr<Sequence>;
 
@@ -125,6 +146,7 @@ class Scheduler {
                     const absl::flat_hash_set<const Sequence*>& pinned);
   bool PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned);
   void PublishCounters();
+  double EstimatedReadBytes(const ForwardBatch& batch) const;
   void OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt_tokens, bool probe);
   bool AutoItlTarget() const;                // no explicit target, factor > 0
   bool NeedsProbe(int32_t decodes) const;    // see Step
