@@ -74,10 +74,9 @@ ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds in-flight requests then get to 
 ABSL_FLAG(std::string, api_keys_file, "",
           "File of API keys, one per line; every RPC but health then needs 'authorization: Bearer <key>'. "
           "Re-read on SIGHUP");
-ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC (and /metrics) over TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (/metrics stays plaintext)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates it signed (mutual TLS)");
-ABSL_FLAG(bool, metrics_tls, true, "With --tls_cert, serve /metrics over HTTPS with the same certificate");
 ABSL_FLAG(std::string, expert_metrics, "off",
           "Expert-load series sluice_expert_tokens_total: off, all (layers x experts series) or top:N per layer");
 ABSL_FLAG(std::string, port_file, "", "If set, write the bound gRPC port here once listening (tests)");
@@ -205,8 +204,7 @@ int Run() {
   metrics_options.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
   Metrics metrics(metrics_options);
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  const bool metrics_tls = tls.enabled() && absl::GetFlag(FLAGS_metrics_tls);
-  if (auto s = metrics.Serve(metrics_listen, metrics_tls ? tls.cert : "", metrics_tls ? tls.key : ""); !s.ok()) {
+  if (auto s = metrics.Serve(metrics_listen); !s.ok()) {
     return Fail("--metrics_listen=" + metrics_listen + ": " + std::string(s.message()));
   }
 
@@ -218,9 +216,10 @@ int Run() {
               << " is reachable from other machines with neither TLS (--tls_cert) nor API keys "
                  "(--api_keys_file): anyone who reaches the port can use the model\n";
   }
-  if (!metrics_listen.empty() && !sluice::server::IsLoopbackAddress(metrics_listen) && !metrics_tls) {
+  if (!metrics_listen.empty() && !sluice::server::IsLoopbackAddress(metrics_listen)) {
     std::cerr << "sluiced: warning: --metrics_listen=" << metrics_listen
-              << " serves /metrics in plaintext, without API keys, beyond this machine\n";
+              << " serves /metrics in plaintext and without API keys beyond this machine; keep it on a "
+                 "private network or behind a TLS proxy\n";
   }
 
   sluice::server::RequestLimits limits;

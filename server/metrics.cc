@@ -2,12 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <numeric>
-#include <sstream>
 
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -243,29 +239,14 @@ struct Metrics::Impl {
 Metrics::Metrics(const MetricsOptions& options) : impl_(std::make_unique<Impl>(options)) {}
 Metrics::~Metrics() = default;
 
-absl::Status Metrics::Serve(const std::string& listen_address, const std::string& tls_cert,
-                            const std::string& tls_key) {
+absl::Status Metrics::Serve(const std::string& listen_address) {
   if (listen_address.empty()) return absl::OkStatus();
-  std::vector<std::string> options = {"listening_ports", listen_address, "num_threads", "2"};
-  if (!tls_cert.empty()) {
-    // CivetWeb wants the key and the certificate chain in one PEM file.
-    std::ifstream key(tls_key), cert(tls_cert);
-    if (!key || !cert) return absl::InvalidArgumentError("cannot read --tls_key/--tls_cert for the metrics port");
-    const std::string combined =
-        (std::filesystem::temp_directory_path() / absl::StrCat("sluiced-metrics-", ::getpid(), ".pem")).string();
-    std::ofstream out(combined, std::ios::trunc);
-    out << key.rdbuf() << "\n" << cert.rdbuf();
-    out.close();
-    std::filesystem::permissions(combined, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
-    options[1] = listen_address + "s";  // CivetWeb: a trailing 's' marks an HTTPS port
-    options.insert(options.end(), {"ssl_certificate", combined});
-  }
   try {
-    impl_->exposer = std::make_unique<prometheus::Exposer>(options);
+    impl_->exposer = std::make_unique<prometheus::Exposer>(listen_address);
     impl_->exposer->RegisterCollectable(impl_->registry);
     impl_->exposer->RegisterCollectable(impl_->engine_values);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen_address, ": ", e.what()));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics there: ", e.what()));
   }
   return absl::OkStatus();
 }

@@ -53,10 +53,11 @@ class Metrics {
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
-  // Starts the HTTP exposer; an empty address disables it. With a certificate and key
-  // (PEM files) it serves HTTPS.
-  absl::Status Serve(const std::string& listen_address, const std::string& tls_cert = "",
-                     const std::string& tls_key = "");
+  // Starts the HTTP exposer; an empty address disables it. It is plaintext HTTP with no
+  // API key: Debian's CivetWeb cannot initialise TLS against OpenSSL 3 (mg_init_library
+  // with MG_FEATURES_TLS fails, and an HTTPS port without it crashes on the first
+  // request), so keep it on loopback or behind a TLS-terminating proxy or sidecar.
+  absl::Status Serve(const std::string& listen_address);
 
   // The engine whose gauges and expert counters a scrape reads; null until loaded.
   void SetEngine(const engine::Engine* engine);
