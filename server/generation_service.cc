@@ -101,6 +101,7 @@ class GenerationCall {
       return request.status();
     }
     request->deadline = DeadlineOf(context);
+    deadline_ = request->deadline;
     std::vector<std::string> stops(proto.stopping().stop().begin(), proto.stopping().stop().end());
     text_.emplace(model_->tokenizer.get(), std::move(stops));
     request_id_ = proto.request_id();
@@ -159,8 +160,11 @@ class GenerationCall {
   // finished request, with its latencies.
   void RecordFinish(const absl::Status& status, FinishReason reason, const engine::UsageStats& usage) {
     if (metrics_ == nullptr) return;
-    if (status.code() == absl::StatusCode::kDeadlineExceeded) {
-      Reject(RejectReason::kDeadline);
+    // A client whose deadline passes cancels the call itself, often before the engine
+    // sees the deadline: that too is a deadline, as the client was told.
+    if (status.code() == absl::StatusCode::kDeadlineExceeded ||
+        (status.code() == absl::StatusCode::kCancelled && absl::Now() >= deadline_)) {
+      metrics_->RequestTimedOut(usage);
       return;
     }
     FinishedReason label = FinishedReason::kError;
@@ -183,6 +187,7 @@ class GenerationCall {
   Metrics* metrics_;
   const RequestLimits& limits_;
   const absl::Time arrival_;
+  absl::Time deadline_ = absl::InfiniteFuture();
   absl::Time last_token_ = absl::InfinitePast();
   std::optional<TextStream> text_;
   std::shared_ptr<RequestChannel> channel_;

@@ -65,6 +65,9 @@ class Metrics {
   // Thread-safe recorders.
   void RpcStarted(absl::string_view method);
   void RequestRejected(RejectReason reason);
+  // A request that ran until its deadline passed: a rejection, whose tokens still count
+  // in the token counters (not in the per-request histograms).
+  void RequestTimedOut(const engine::UsageStats& usage);
   void RequestAdmitted(const engine::ComputeBudget& budget);
   void FirstToken(double seconds_since_arrival);
   void InterToken(double seconds);
