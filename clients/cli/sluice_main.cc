@@ -4,6 +4,7 @@
 //   sluice info | health | tokenize "text" | detokenize --tokens 1,2,3
 #include <grpcpp/grpcpp.h>
 
+#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <string>
@@ -33,6 +34,8 @@ ABSL_FLAG(bool, add_special_tokens, false, "Add the tokenizer's BOS to text inpu
 ABSL_FLAG(int32_t, priority, 0, "Higher runs first");
 ABSL_FLAG(int32_t, logprobs, -1, "Return logprobs with this many alternatives (0-20; -1: off)");
 ABSL_FLAG(double, timeout_s, 300, "RPC deadline in seconds");
+ABSL_FLAG(std::string, api_key, "", "API key sent as 'authorization: Bearer KEY' (default: $SLUICE_API_KEY)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle: connect over TLS and verify the server against it");
 
 namespace {
 
@@ -69,9 +72,27 @@ bool ParseTokens(std::vector<int32_t>* out) {
   return true;
 }
 
-void SetDeadline(grpc::ClientContext* ctx) {
+// The deadline, and the API key when one is given (flag or SLUICE_API_KEY).
+void PrepareContext(grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_s) * 1000)));
+  std::string key = absl::GetFlag(FLAGS_api_key);
+  if (const char* env = std::getenv("SLUICE_API_KEY"); key.empty() && env != nullptr) key = env;
+  if (!key.empty()) ctx->AddMetadata("authorization", "Bearer " + key);
+}
+
+// Plaintext, or TLS when --tls_ca names the CA bundle that signed the server's certificate.
+std::shared_ptr<grpc::ChannelCredentials> Credentials() {
+  const std::string ca_path = absl::GetFlag(FLAGS_tls_ca);
+  if (ca_path.empty()) return grpc::InsecureChannelCredentials();
+  std::ifstream in(ca_path);
+  if (!in) {
+    std::cerr << "sluice: --tls_ca=" << ca_path << ": cannot read the file\n";
+    std::exit(1);
+  }
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return grpc::SslCredentials(options);
 }
 
 std::string PromptText(const std::vector<char*>& args) {
@@ -122,7 +143,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::string command = args[1];
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), Credentials());
   auto stub = v1::Generation::NewStub(channel);
 
   if (command == "generate") {
@@ -130,7 +151,7 @@ int main(int argc, char** argv) {
     if (!BuildRequest(args, &req)) return 1;
     v1::GenerateResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    PrepareContext(&ctx);
     grpc::Status s = stub->Generate(&ctx, req, &resp);
     if (!s.ok()) return Fail(s);
     if (!resp.text().empty()) std::cout << resp.text() << "\n";
@@ -142,7 +163,7 @@ int main(int argc, char** argv) {
     v1::GenerateRequest req;
     if (!BuildRequest(args, &req)) return 1;
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    PrepareContext(&ctx);
     auto reader = stub->GenerateStream(&ctx, req);
     v1::GenerateStreamResponse msg;
     std::vector<int32_t> ids;
@@ -167,7 +188,7 @@ int main(int argc, char** argv) {
   if (command == "info") {
     v1::ModelInfo info;
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    PrepareContext(&ctx);
     grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
     if (!s.ok()) return Fail(s);
     std::cout << info.DebugString();
@@ -176,7 +197,7 @@ int main(int argc, char** argv) {
   if (command == "stats") {
     v1::EngineStats stats;
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    PrepareContext(&ctx);
     grpc::Status s = stub->GetEngineStats(&ctx, v1::GetEngineStatsRequest(), &stats);
     if (!s.ok()) return Fail(s);
     std::cout << stats.DebugString();
@@ -184,7 +205,7 @@ int main(int argc, char** argv) {
   }
   if (command == "health") {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    PrepareContext(&ctx);
     grpc::Status status;
     const int value = sluice::clients::CheckHealth(channel, &ctx, &status);
     if (!status.ok()) return Fail(status);
@@ -198,7 +219,7 @@ int main(int argc, char** argv) {
     req.set_add_special_tokens(absl::GetFlag(FLAGS_add_special_tokens));
     v1::TokenizeResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    PrepareContext(&ctx);
     grpc::Status s = stub->Tokenize(&ctx, req, &resp);
     if (!s.ok()) return Fail(s);
     std::cout << absl::StrJoin(resp.ids(), ",") << "\n";
@@ -211,7 +232,7 @@ int main(int argc, char** argv) {
     for (int32_t id : ids) req.add_ids(id);
     v1::DetokenizeResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    PrepareContext(&ctx);
     grpc::Status s = stub->Detokenize(&ctx, req, &resp);
     if (!s.ok()) return Fail(s);
     std::cout << resp.text() << "\n";
