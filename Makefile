@@ -4,8 +4,9 @@ PRESET ?= release
 BUILD := build/$(PRESET)
 JOBS ?= $(shell nproc)
 ARGS ?=
+SOAK_SECONDS ?= 120
 
-.PHONY: deps configure build serve test bench fixtures clean
+.PHONY: deps configure build serve test soak bench fixtures clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -24,6 +25,13 @@ serve: build
 # Installs deps, builds, and runs the whole suite through ctest.
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
+
+# 64 streams of good and bad calls against a real sluiced for 120 s (`make test` runs 20 s of
+# it); prints the figures and writes them to $(BUILD)/soak-report.json.
+soak: build
+	SLUICE_BIN_DIR=$(CURDIR)/$(BUILD)/bin OMP_WAIT_POLICY=passive PYTHONDONTWRITEBYTECODE=1 \
+	  bash tests/python/run_in_venv.sh build/venv tests/python/soak_test.py \
+	  --seconds $(SOAK_SECONDS) --report $(BUILD)/soak-report.json
 
 bench: build
 	bash bench/run.sh $(BUILD)
