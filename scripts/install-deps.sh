@@ -8,7 +8,7 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libdnnl-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libpcre2-dev libicu-dev nlohmann-json3-dev
+  libpcre2-dev libicu-dev nlohmann-json3-dev libcpp-httplib-dev
   ocl-icd-opencl-dev opencl-c-headers
   python3 python3-venv curl openssl
   prometheus

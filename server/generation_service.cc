@@ -62,10 +62,6 @@ absl::Time DeadlineOf(grpc::CallbackServerContext* context) {
   return absl::FromChrono(deadline);
 }
 
-absl::Status NotReady() {
-  return absl::UnavailableError("the model is still loading; retry when health is SERVING");
-}
-
 // The state a reactor shares with its channel's listener. The listener runs on the
 // engine thread and may fire after the reactor is done; `reactor` is cleared (under mu)
 // in OnDone, so a late listener finds nothing to call.
@@ -81,119 +77,16 @@ struct ListenerHub {
   }
 };
 
-// Everything a generate call does with the engine's events, shared by unary and stream.
-class GenerationCall {
- public:
-  GenerationCall(ServingModel* model, Metrics* metrics, const RequestLimits& limits)
-      : model_(model), metrics_(metrics), limits_(limits), arrival_(absl::Now()) {}
-
-  // Validates and translates the request and prepares the channel and text stream. A
-  // failure is counted as a rejection.
-  absl::StatusOr<engine::GenerationRequest> Start(grpc::CallbackServerContext* context,
-                                                  const v1::GenerateRequest& proto) {
-    if (model_ == nullptr) {
-      Reject(RejectReason::kUnavailable);
-      return NotReady();
-    }
-    auto request = TranslateRequest(proto, *model_, limits_);
-    if (!request.ok()) {
-      Reject(RejectReasonOf(request.status()));
-      return request.status();
-    }
-    request->deadline = DeadlineOf(context);
-    deadline_ = request->deadline;
-    std::vector<std::string> stops(proto.stopping().stop().begin(), proto.stopping().stop().end());
-    text_.emplace(model_->tokenizer.get(), std::move(stops));
-    request_id_ = proto.request_id();
-    channel_ = std::make_shared<RequestChannel>();
-    return request;
+// Proto → params → a started call (validated, translated, counted if refused).
+absl::StatusOr<engine::GenerationRequest> StartCall(GenerationCall& call, grpc::CallbackServerContext* context,
+                                                    const v1::GenerateRequest& proto) {
+  auto params = ParamsFromProto(proto);
+  if (!params.ok()) {
+    call.Reject(RejectReasonOf(params.status()));
+    return params.status();
   }
-
-  std::shared_ptr<RequestChannel>& channel() { return channel_; }
-
-  // Hands the request to the engine; a refusal is counted as a rejection.
-  absl::Status Submit(engine::GenerationRequest request) {
-    const engine::ComputeBudget budget = request.budget;
-    absl::Status status = model_->engine->Submit(std::move(request), channel_);
-    if (!status.ok()) {
-      Reject(RejectReasonOf(status));
-    } else if (metrics_ != nullptr) {
-      metrics_->RequestAdmitted(budget);
-    }
-    return status;
-  }
-
-  // Applies one event; returns the text delta. Sets *done with the final status.
-  absl::StatusOr<std::string> Apply(const RequestEvent& event) {
-    if (!event.tokens.empty() && metrics_ != nullptr) {
-      // Engine push times, so that a stream's merged writes do not hide the gaps.
-      if (last_token_ == absl::InfinitePast()) {
-        metrics_->FirstToken(absl::ToDoubleSeconds(event.time - arrival_));
-      } else {
-        metrics_->InterToken(absl::ToDoubleSeconds(event.time - last_token_));
-      }
-      last_token_ = event.time;
-    }
-    if (stopped_by_text_) return std::string();
-    auto delta = text_->Push(event.tokens);
-    if (!delta.ok()) return delta.status();
-    if (text_->stopped()) {
-      // The stop string is not part of the output; drop the engine sequence now.
-      stopped_by_text_ = true;
-      channel_->Cancel();
-    }
-    return delta;
-  }
-
-  // The final event's outcome, once the stop-string rule is applied.
-  absl::Status FinalStatus(const RequestEvent& event, FinishReason* reason) {
-    if (stopped_by_text_) {
-      *reason = FinishReason::kStopString;
-      return absl::OkStatus();
-    }
-    *reason = event.finish_reason;
-    return event.status;
-  }
-
-  std::string FinishText() { return stopped_by_text_ ? std::string() : text_->Finish(); }
-  // Counts the request's end: a deadline is a rejection; anything else that ran is a
-  // finished request, with its latencies.
-  void RecordFinish(const absl::Status& status, FinishReason reason, const engine::UsageStats& usage) {
-    if (metrics_ == nullptr) return;
-    // A client whose deadline passes cancels the call itself, often before the engine
-    // sees the deadline: that too is a deadline, as the client was told.
-    if (status.code() == absl::StatusCode::kDeadlineExceeded ||
-        (status.code() == absl::StatusCode::kCancelled && absl::Now() >= deadline_)) {
-      metrics_->RequestTimedOut(usage);
-      return;
-    }
-    FinishedReason label = FinishedReason::kError;
-    if (status.ok()) {
-      label = reason == FinishReason::kLength ? FinishedReason::kLength : FinishedReason::kStop;
-    } else if (status.code() == absl::StatusCode::kCancelled || status.code() == absl::StatusCode::kUnavailable) {
-      label = FinishedReason::kAbort;  // the client went away, or the server shut down
-    }
-    metrics_->RequestFinished(label, usage, absl::ToDoubleSeconds(absl::Now() - arrival_));
-  }
-  const std::string& request_id() const { return request_id_; }
-  bool stopped_by_text() const { return stopped_by_text_; }
-
- private:
-  void Reject(RejectReason reason) {
-    if (metrics_ != nullptr) metrics_->RequestRejected(reason);
-  }
-
-  ServingModel* model_;
-  Metrics* metrics_;
-  const RequestLimits& limits_;
-  const absl::Time arrival_;
-  absl::Time deadline_ = absl::InfiniteFuture();
-  absl::Time last_token_ = absl::InfinitePast();
-  std::optional<TextStream> text_;
-  std::shared_ptr<RequestChannel> channel_;
-  std::string request_id_;
-  bool stopped_by_text_ = false;
-};
+  return call.Start(*params, DeadlineOf(context));
+}
 
 // Cuts a finished reactor loose from its channel: a listener call that races OnDone
 // finds no reactor to call.
@@ -212,7 +105,7 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor {
                        v1::GenerateResponse* response, ServingModel* model, Metrics* metrics,
                        const RequestLimits& limits)
       : response_(response), call_(model, metrics, limits), hub_(std::make_shared<Hub>()) {
-    absl::StatusOr<engine::GenerationRequest> engine_request = call_.Start(context, *request);
+    absl::StatusOr<engine::GenerationRequest> engine_request = StartCall(call_, context, *request);
     if (!engine_request.ok()) {
       Complete(ToGrpcStatus(engine_request.status()));
       return;
@@ -281,7 +174,7 @@ class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::Generate
   StreamGenerateReactor(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
                         ServingModel* model, Metrics* metrics, const RequestLimits& limits)
       : call_(model, metrics, limits), hub_(std::make_shared<Hub>()) {
-    absl::StatusOr<engine::GenerationRequest> engine_request = call_.Start(context, *request);
+    absl::StatusOr<engine::GenerationRequest> engine_request = StartCall(call_, context, *request);
     if (!engine_request.ok()) {
       finished_ = true;
       Finish(ToGrpcStatus(engine_request.status()));
@@ -381,99 +274,93 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context, const 
 
 }  // namespace
 
+absl::StatusOr<GenerationParams> ParamsFromProto(const v1::GenerateRequest& proto) {
+  GenerationParams p;
+  switch (proto.input_case()) {
+    case v1::GenerateRequest::kText:
+      p.input = GenerationParams::Input::kText;
+      p.text = proto.text();
+      p.add_special_tokens = proto.add_special_tokens();
+      break;
+    case v1::GenerateRequest::kTokens:
+      p.input = GenerationParams::Input::kTokens;
+      p.tokens.assign(proto.tokens().ids().begin(), proto.tokens().ids().end());
+      break;
+    case v1::GenerateRequest::kMessages: {
+      p.input = GenerationParams::Input::kMessages;
+      const v1::ChatInput& chat = proto.messages();
+      for (const v1::ChatMessage& m : chat.messages()) {
+        nlohmann::ordered_json j = {{"role", m.role()}};
+        if (m.has_content()) {
+          j["content"] = m.content();
+        } else {
+          j["content"] = nullptr;
+        }
+        if (m.has_reasoning_content()) j["reasoning_content"] = m.reasoning_content();
+        if (m.tool_calls_size() > 0) {
+          nlohmann::ordered_json calls = nlohmann::ordered_json::array();
+          for (const v1::ToolCall& c : m.tool_calls()) {
+            calls.push_back({{"id", c.id()},
+                             {"type", c.type().empty() ? std::string("function") : c.type()},
+                             {"function", {{"name", c.function().name()}, {"arguments", c.function().arguments()}}}});
+          }
+          j["tool_calls"] = std::move(calls);
+        }
+        if (!m.tool_call_id().empty()) j["tool_call_id"] = m.tool_call_id();
+        if (!m.name().empty()) j["name"] = m.name();
+        p.chat.messages.push_back(std::move(j));
+      }
+      if (absl::Status s = NormalizeChatMessages(&p.chat.messages, "input.messages"); !s.ok()) return s;
+      if (!chat.tools().empty()) {
+        p.chat.tools = nlohmann::ordered_json::parse(chat.tools(), nullptr, /*allow_exceptions=*/false);
+        if (!p.chat.tools.is_array()) {
+          return absl::InvalidArgumentError("input.messages.tools: must be a JSON array of tool definitions");
+        }
+      }
+      if (!chat.chat_template_kwargs().empty()) {
+        p.chat.extra = nlohmann::ordered_json::parse(chat.chat_template_kwargs(), nullptr, /*allow_exceptions=*/false);
+        if (!p.chat.extra.is_object()) {
+          return absl::InvalidArgumentError("input.messages.chat_template_kwargs: must be a JSON object");
+        }
+      }
+      p.chat.add_generation_prompt = !chat.has_add_generation_prompt() || chat.add_generation_prompt();
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError("input: set either text, tokens or messages");
+  }
+  const auto& s = proto.sampling();
+  p.temperature = s.temperature();
+  p.top_k = s.top_k();
+  p.top_p = s.top_p();
+  p.min_p = s.min_p();
+  p.repetition_penalty = s.repetition_penalty();
+  p.presence_penalty = s.presence_penalty();
+  p.frequency_penalty = s.frequency_penalty();
+  if (s.has_seed()) p.seed = s.seed();
+  const auto& st = proto.stopping();
+  p.max_tokens = st.max_tokens();
+  p.min_tokens = st.min_tokens();
+  p.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
+  p.stop.assign(st.stop().begin(), st.stop().end());
+  p.ignore_eos = st.ignore_eos();
+  const auto& b = proto.budget();
+  p.skip_ratio = b.skip_ratio();
+  p.experts_per_token = b.experts_per_token();
+  p.attention_gate_floor = b.attention_gate_floor();
+  for (const auto& span : b.skip_layers()) p.skip_layers.emplace_back(span.first(), span.last());
+  p.priority = proto.priority();
+  if (proto.has_logprobs()) p.logprobs_top_n = proto.logprobs().top_n();
+  p.request_id = proto.request_id();
+  return p;
+}
+
 absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateRequest& proto,
                                                            const ServingModel& model,
                                                            const RequestLimits& limits) {
-  engine::GenerationRequest r;
-  switch (proto.input_case()) {
-    case v1::GenerateRequest::kText: {
-      if (model.tokenizer == nullptr) {
-        return absl::FailedPreconditionError(
-            "input.text: this model ships no tokenizer.json; send input.tokens instead");
-      }
-      auto ids = model.tokenizer->Encode(proto.text(), proto.add_special_tokens());
-      if (!ids.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("input.text: ", ids.status().message()));
-      }
-      r.prompt = *std::move(ids);
-      break;
-    }
-    case v1::GenerateRequest::kTokens:
-      r.prompt.assign(proto.tokens().ids().begin(), proto.tokens().ids().end());
-      break;
-    default:
-      return absl::InvalidArgumentError("input: set either text or tokens");
-  }
-  if (limits.max_prompt_tokens > 0 && static_cast<int64_t>(r.prompt.size()) > limits.max_prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("input: the prompt has ", r.prompt.size(),
-                                                   " tokens, over the limit --max_prompt_tokens=",
-                                                   limits.max_prompt_tokens));
-  }
-  const auto& s = proto.sampling();
-  r.sampling.temperature = s.temperature();
-  r.sampling.top_k = s.top_k();
-  r.sampling.top_p = s.top_p() == 0.f ? 1.f : s.top_p();
-  r.sampling.min_p = s.min_p();
-  r.sampling.repetition_penalty = s.repetition_penalty() == 0.f ? 1.f : s.repetition_penalty();
-  r.sampling.presence_penalty = s.presence_penalty();
-  r.sampling.frequency_penalty = s.frequency_penalty();
-  if (s.has_seed()) {
-    r.sampling.seed = s.seed();
-  } else {
-    static thread_local std::mt19937_64 rng(std::random_device{}());
-    r.sampling.seed = rng();
-  }
-  const auto& st = proto.stopping();
-  if (st.max_tokens() > static_cast<uint32_t>(INT32_MAX) || st.min_tokens() > static_cast<uint32_t>(INT32_MAX)) {
-    return absl::InvalidArgumentError("stopping.max_tokens/min_tokens: too large");
-  }
-  if (limits.max_output_tokens > 0 && st.max_tokens() > limits.max_output_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("stopping.max_tokens: ", st.max_tokens(),
-                                                   " is over the limit --max_output_tokens=",
-                                                   limits.max_output_tokens));
-  }
-  if (st.stop_token_ids_size() > limits.max_stop_token_ids) {
-    return absl::InvalidArgumentError(absl::StrCat("stopping.stop_token_ids: ", st.stop_token_ids_size(),
-                                                   " ids, over the limit of ", limits.max_stop_token_ids));
-  }
-  r.stopping.max_tokens = static_cast<int32_t>(st.max_tokens());
-  r.stopping.min_tokens = static_cast<int32_t>(st.min_tokens());
-  r.stopping.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
-  r.stopping.ignore_eos = st.ignore_eos();
-  if (st.stop_size() > 0 && model.tokenizer == nullptr) {
-    return absl::FailedPreconditionError("stopping.stop: stop strings need the model's tokenizer");
-  }
-  if (st.stop_size() > limits.max_stop_strings) {
-    return absl::InvalidArgumentError(absl::StrCat("stopping.stop: ", st.stop_size(),
-                                                   " stop strings, over the limit --max_stop_strings=",
-                                                   limits.max_stop_strings));
-  }
-  for (const auto& stop : st.stop()) {
-    if (stop.empty()) return absl::InvalidArgumentError("stopping.stop: empty stop string");
-    if (static_cast<int64_t>(stop.size()) > limits.max_stop_string_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("stopping.stop: a stop string of ", stop.size(),
-                                                     " bytes, over the limit --max_stop_string_bytes=",
-                                                     limits.max_stop_string_bytes));
-    }
-  }
-  const auto& b = proto.budget();
-  r.budget.skip_ratio = b.skip_ratio();
-  r.budget.experts_per_token = static_cast<int32_t>(b.experts_per_token());
-  r.budget.attention_gate_floor = b.attention_gate_floor();
-  for (const auto& span : b.skip_layers()) {
-    r.budget.skip_layers.push_back({static_cast<int32_t>(span.first()),
-                                    static_cast<int32_t>(std::max(span.first(), span.last()))});
-  }
-  r.priority = proto.priority();
-  if (proto.has_logprobs()) {
-    if (proto.logprobs().top_n() > static_cast<uint32_t>(limits.max_logprobs)) {
-      return absl::InvalidArgumentError(absl::StrCat("logprobs.top_n: ", proto.logprobs().top_n(),
-                                                     " is over the limit --max_logprobs=", limits.max_logprobs));
-    }
-    r.logprobs_top_n = static_cast<int32_t>(proto.logprobs().top_n());
-  }
-  r.request_id = proto.request_id();
-  return r;
+  auto params = ParamsFromProto(proto);
+  if (!params.ok()) return params.status();
+  return TranslateParams(*params, model, limits);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContext* context,
@@ -481,7 +368,7 @@ grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContex
                                                       v1::GenerateResponse* response) {
   if (model() == nullptr) {
     if (metrics_ != nullptr) metrics_->RequestRejected(RejectReason::kUnavailable);
-    return FinishNow(context, NotReady());
+    return FinishNow(context, NotReadyError());
   }
   return new UnaryGenerateReactor(context, request, response, model(), metrics_, limits_);
 }
@@ -492,7 +379,7 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerationService::Generat
     if (metrics_ != nullptr) metrics_->RequestRejected(RejectReason::kUnavailable);
     class Rejected final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
      public:
-      Rejected() { Finish(ToGrpcStatus(NotReady())); }
+      Rejected() { Finish(ToGrpcStatus(NotReadyError())); }
       void OnDone() override { delete this; }
     };
     return new Rejected();
@@ -504,7 +391,7 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
   ServingModel* m = model();
-  if (m == nullptr) return FinishNow(context, NotReady());
+  if (m == nullptr) return FinishNow(context, NotReadyError());
   if (m->tokenizer == nullptr) {
     return FinishNow(context, absl::FailedPreconditionError("this model ships no tokenizer.json"));
   }
@@ -518,7 +405,7 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
                                                         const v1::DetokenizeRequest* request,
                                                         v1::DetokenizeResponse* response) {
   ServingModel* m = model();
-  if (m == nullptr) return FinishNow(context, NotReady());
+  if (m == nullptr) return FinishNow(context, NotReadyError());
   if (m->tokenizer == nullptr) {
     return FinishNow(context, absl::FailedPreconditionError("this model ships no tokenizer.json"));
   }
@@ -533,7 +420,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
                                                           const v1::GetModelInfoRequest* request,
                                                           v1::ModelInfo* info) {
   ServingModel* m = model();
-  if (m == nullptr) return FinishNow(context, NotReady());
+  if (m == nullptr) return FinishNow(context, NotReadyError());
   const engine::ModelConfig& c = m->engine->model().config();
   info->set_model_type(c.model_type);
   info->set_architecture(c.architecture);
@@ -566,7 +453,7 @@ grpc::ServerUnaryReactor* GenerationService::GetEngineStats(grpc::CallbackServer
                                                             const v1::GetEngineStatsRequest* request,
                                                             v1::EngineStats* out) {
   ServingModel* m = model();
-  if (m == nullptr) return FinishNow(context, NotReady());
+  if (m == nullptr) return FinishNow(context, NotReadyError());
   const engine::SchedulerStats s = m->engine->Stats();
   out->set_running(s.running);
   out->set_waiting(s.waiting);

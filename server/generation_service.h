@@ -10,28 +10,11 @@
 
 #include "engine/engine.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "server/generation_call.h"
 #include "server/metrics.h"
 #include "sluice/v1/generation.grpc.pb.h"
 
 namespace sluice::server {
-
-// What the service serves; filled in once the model has loaded.
-struct ServingModel {
-  std::unique_ptr<engine::Engine> engine;
-  std::unique_ptr<tokenizer::Tokenizer> tokenizer;  // null when the model ships none
-  std::string model_dir;
-};
-
-// Per-request limits (flags of the same names; the README's limits table). Each
-// violation is INVALID_ARGUMENT naming the limit and the value.
-struct RequestLimits {
-  int64_t max_prompt_tokens = 0;   // 0: the model's context
-  int64_t max_output_tokens = 0;   // stopping.max_tokens; 0: the context
-  int32_t max_stop_strings = 16;
-  int32_t max_stop_string_bytes = 1024;
-  int32_t max_logprobs = 20;       // logprobs.top_n
-  int32_t max_stop_token_ids = 64;
-};
 
 class GenerationService final : public v1::Generation::CallbackService {
  public:
@@ -67,7 +50,12 @@ class GenerationService final : public v1::Generation::CallbackService {
   RequestLimits limits_;
 };
 
-// Proto → engine request, validating every field against the limits. Exposed for tests.
+// Proto → the neutral form both front doors share. INVALID_ARGUMENT for what the proto
+// cannot say wrong by its types alone (a `messages` input's JSON strings).
+absl::StatusOr<GenerationParams> ParamsFromProto(const v1::GenerateRequest& request);
+
+// Proto → engine request, validating every field against the limits (ParamsFromProto,
+// then TranslateParams). Exposed for tests and the fuzz target.
 absl::StatusOr<engine::GenerationRequest> TranslateRequest(const v1::GenerateRequest& request,
                                                            const ServingModel& model,
                                                            const RequestLimits& limits = RequestLimits());

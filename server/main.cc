@@ -9,6 +9,10 @@
 //     ones finish for up to --drain_timeout_s (a signal now ends that wait), whatever is
 //     left ends with UNAVAILABLE ("the server shut down ..."), and the process exits 0.
 //  SIGHUP re-reads --api_keys_file without touching open streams.
+// The OpenAI-compatible HTTP server (--http_listen) follows the same life cycle: its
+// /health answers 503 while loading and from SIGTERM on, 200 only while SERVING; during
+// the grace it still takes requests, then the engine refuses new ones (503), in-flight
+// streams finish or end with an error event, and it stops after the engine has.
 // Start-up failures exit 1 with one line naming the flag and its value.
 #include <signal.h>
 
@@ -31,6 +35,7 @@
 #include "engine/engine.h"
 #include "server/auth.h"
 #include "server/generation_service.h"
+#include "server/http_server.h"
 #include "server/interceptors.h"
 #include "server/metrics.h"
 
@@ -44,6 +49,18 @@ ABSL_FLAG(std::string, model, SLUICE_DEFAULT_MODEL_DIR,
 ABSL_FLAG(std::string, served_model_name, "",
           "Model name in metrics (label model_name); default: the --model directory's name");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (HOST:PORT; port 0 picks one)");
+ABSL_FLAG(std::string, http_listen, "127.0.0.1:8000",
+          "OpenAI-compatible HTTP address (HOST:PORT; port 0 picks one): /v1/chat/completions, "
+          "/v1/completions, /v1/models, /health, /version; empty disables");
+ABSL_FLAG(int32_t, http_threads, 0,
+          "HTTP connection threads; each open stream holds one (0: max(--max_num_seqs, 8) + 8)");
+ABSL_FLAG(int64_t, http_max_body_bytes, 4 << 20, "Largest HTTP request body accepted (413 above)");
+ABSL_FLAG(double, http_request_timeout_s, 0,
+          "Deadline of an HTTP request that sends no x-request-timeout header, in seconds (0: none)");
+ABSL_FLAG(std::string, output_parser, "auto",
+          "Reasoning (<think>) and tool-call (<tool_call>) parsing of /v1/chat/completions output: "
+          "auto (qwen3 for model_type qwen3*, qwen3_5*, qwen3_next*; else none), qwen3 or none");
+ABSL_FLAG(std::string, http_port_file, "", "If set, write the bound HTTP port here once listening (tests)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address; empty disables");
 ABSL_FLAG(int32_t, threads, 0, "Compute threads (0: all cores)");
 ABSL_FLAG(int32_t, max_num_seqs, 64, "Most sequences running in one step");
@@ -132,6 +149,25 @@ absl::Status WarmUp(sluice::engine::Engine* engine) {
   return absl::DeadlineExceededError("the warm-up request did not finish in 120 s");
 }
 
+// The model's chat template, for `messages` inputs (gRPC) and /v1/chat/completions. A model
+// without one still serves everything else; chat requests then say why they cannot run.
+void LoadChatTemplate(ServingModel* model) {
+#ifdef SLUICE_HAVE_CHAT_TEMPLATE
+  auto loaded = sluice::chat::ChatTemplate::Load(model->model_dir);
+  if (loaded.ok()) {
+    model->chat_template = *std::move(loaded);
+    return;
+  }
+  model->chat_template_error = std::string(loaded.status().message());
+  if (loaded.status().code() != absl::StatusCode::kNotFound) {
+    std::cerr << "sluiced: warning: --model=" << model->model_dir
+              << ": the chat template does not load, chat requests will fail: " << model->chat_template_error << "\n";
+  }
+#else
+  model->chat_template_error = "this build of sluiced has no chat-template renderer";
+#endif
+}
+
 void SetServing(grpc::HealthCheckServiceInterface* health, bool serving) {
   health->SetServingStatus(serving);
   health->SetServingStatus("", serving);
@@ -178,6 +214,14 @@ int Run() {
   if (const int64_t available = AvailableMemory(); available > 0 && kv_memory > available) {
     return Fail(absl::StrCat("--kv_cache_memory=", kv_memory, ": more than the ", available,
                              " bytes of memory available"));
+  }
+  const std::string output_parser = absl::GetFlag(FLAGS_output_parser);
+  if (output_parser != "auto" && output_parser != "qwen3" && output_parser != "none") {
+    return Fail("--output_parser=" + output_parser + ": must be auto, qwen3 or none");
+  }
+  if (absl::GetFlag(FLAGS_http_max_body_bytes) <= 0 || absl::GetFlag(FLAGS_http_threads) < 0 ||
+      absl::GetFlag(FLAGS_http_request_timeout_s) < 0) {
+    return Fail("--http_max_body_bytes must be > 0, --http_threads and --http_request_timeout_s >= 0");
   }
   auto expert_mode = sluice::server::ExpertMetricsMode::Parse(absl::GetFlag(FLAGS_expert_metrics));
   if (!expert_mode.ok()) return Fail(std::string(expert_mode.status().message()) + ", got '" +
@@ -246,7 +290,40 @@ int Run() {
   SetServing(health, false);
   std::cerr << "sluiced: listening on port " << port << (tls.enabled() ? " (TLS" : " (plaintext")
             << (keys ? ", API keys)" : ")") << "\n";
+
+  // The HTTP server shares the limits, keys and metrics; it answers 503 until the model is in.
+  std::unique_ptr<sluice::server::HttpServer> http;
+  const std::string http_listen = absl::GetFlag(FLAGS_http_listen);
+  if (!http_listen.empty()) {
+    sluice::server::HttpServerOptions http_options;
+    http_options.listen = http_listen;
+    http_options.served_model_name = metrics_options.model_name;
+    http_options.threads = absl::GetFlag(FLAGS_http_threads);
+    if (http_options.threads == 0) http_options.threads = std::max(absl::GetFlag(FLAGS_max_num_seqs), 8) + 8;
+    http_options.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_http_max_body_bytes));
+    http_options.default_timeout_s = absl::GetFlag(FLAGS_http_request_timeout_s);
+    http_options.output_parser = output_parser;
+    auto started = sluice::server::HttpServer::Start(http_options, limits, &metrics, keys.get());
+    if (!started.ok()) {
+      server->Shutdown();
+      return Fail("--http_listen=" + http_listen + ": " + std::string(started.status().message()));
+    }
+    http = *std::move(started);
+    if (!sluice::server::IsLoopbackAddress(http_listen) && keys == nullptr) {
+      std::cerr << "sluiced: warning: --http_listen=" << http_listen
+                << " is reachable from other machines without API keys (--api_keys_file), and the HTTP "
+                   "server is plaintext (put TLS in front of it)\n";
+    }
+    std::cerr << "sluiced: HTTP (OpenAI-compatible) on port " << http->port() << " with " << http_options.threads
+              << " connection threads" << (keys ? " (API keys)" : "") << "\n";
+  }
+  // The HTTP port first: a test that sees the gRPC port file finds the HTTP one too.
+  if (http != nullptr) WritePortFile(absl::GetFlag(FLAGS_http_port_file), http->port());
   WritePortFile(absl::GetFlag(FLAGS_port_file), port);
+  // Ends the HTTP server on every early return below (its handlers hold no model yet).
+  auto stop_http = [&http] {
+    if (http != nullptr) http->Stop();
+  };
 
   ServingModel model;
   model.model_dir = model_dir;
@@ -267,6 +344,7 @@ int Run() {
   auto engine = sluice::engine::Engine::Create(options);
   if (!engine.ok()) {
     server->Shutdown();
+    stop_http();
     return Fail("--model=" + model.model_dir + ": cannot load: " + std::string(engine.status().message()));
   }
   model.engine = *std::move(engine);
@@ -274,12 +352,15 @@ int Run() {
     auto tok = sluice::tokenizer::Tokenizer::LoadFromDirectory(model.model_dir);
     if (!tok.ok()) {
       server->Shutdown();
+      stop_http();
       return Fail("--model=" + model.model_dir + ": cannot load the tokenizer: " + std::string(tok.status().message()));
     }
     model.tokenizer = *std::move(tok);
   }
+  LoadChatTemplate(&model);
   if (absl::Status s = WarmUp(model.engine.get()); !s.ok()) {
     server->Shutdown();
+    stop_http();
     return Fail("--model=" + model.model_dir + ": the warm-up request failed: " + std::string(s.message()));
   }
   const auto& config = model.engine->model().config();
@@ -288,6 +369,10 @@ int Run() {
             << absl::ToDoubleMilliseconds(absl::Now() - load_start) << " ms\n";
   metrics.SetEngine(model.engine.get());
   service.SetModel(&model);
+  if (http != nullptr) {
+    http->SetModel(&model);
+    http->SetServing(true);
+  }
   SetServing(health, true);
 
   // Serve until SIGTERM/SIGINT; SIGHUP re-reads the API keys.
@@ -305,6 +390,7 @@ int Run() {
   }
   sigdelset(&signals, SIGHUP);
   SetServing(health, false);
+  if (http != nullptr) http->SetServing(false);
   const int grace = absl::GetFlag(FLAGS_drain_grace_s);
   std::cerr << "sluiced: signal " << sig << ": NOT_SERVING; accepting requests for " << grace
             << " s more (a second signal skips this)\n";
@@ -329,6 +415,8 @@ int Run() {
   // Ends every request still pending with UNAVAILABLE; their RPCs finish with it.
   model.engine->Shutdown();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  // After the engine: every open stream has had its final event and is ending.
+  stop_http();
   metrics.SetEngine(nullptr);
   service.SetModel(nullptr);
   std::cerr << "sluiced: stopped\n";

@@ -37,7 +37,7 @@ class Daemon {
     fs::create_directories(dir_);
     const std::string port_file = (dir_ / "port").string();
     std::vector<std::string> args = {std::string(SLUICE_BIN_DIR) + "/sluiced", "--model=" + model_dir,
-                                     "--listen=127.0.0.1:0", "--metrics_listen=",
+                                     "--listen=127.0.0.1:0", "--metrics_listen=", "--http_listen=",
                                      "--port_file=" + port_file, "--threads=2",
                                      "--kv_cache_memory=16777216", "--drain_timeout_s=20"};
     args.insert(args.end(), extra.begin(), extra.end());
