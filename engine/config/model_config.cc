@@ -1,6 +1,7 @@
 #include "engine/config/model_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -18,14 +19,25 @@ absl::Status FieldError(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("config.json: ", field, " ", what));
 }
 
+// Upper bounds far above any real checkpoint. They keep every product of shapes the
+// engine forms (heads × head_dim × hidden, experts × width, ...) inside int64 and the
+// per-layer work of parsing bounded, whatever the file says.
+constexpr int64_t kMaxDim = int64_t{1} << 24;     // sizes, head counts, expert counts
+constexpr int64_t kMaxLayers = int64_t{1} << 14;  // num_hidden_layers
+constexpr int64_t kMaxPositions = INT32_MAX;      // positions are int32 in a batch
+
 absl::Status GetInt(const json& j, const char* field, int64_t* out, bool required,
-                    int64_t min_value = 1) {
+                    int64_t min_value = 1, int64_t max_value = kMaxDim) {
   if (!j.contains(field) || j[field].is_null()) {
     return required ? FieldError(field, "is missing") : absl::OkStatus();
   }
   if (!j[field].is_number_integer()) return FieldError(field, "must be an integer");
+  if (j[field].is_number_unsigned() && j[field].get<uint64_t>() > static_cast<uint64_t>(max_value)) {
+    return FieldError(field, absl::StrCat("must be <= ", max_value, ", got ", j[field].get<uint64_t>()));
+  }
   int64_t v = j[field].get<int64_t>();
   if (v < min_value) return FieldError(field, absl::StrCat("must be >= ", min_value, ", got ", v));
+  if (v > max_value) return FieldError(field, absl::StrCat("must be <= ", max_value, ", got ", v));
   *out = v;
   return absl::OkStatus();
 }
@@ -50,6 +62,10 @@ absl::Status ParseRope(const json& j, RopeConfig* rope) {
   if (auto s = GetDouble(params, "rope_theta", &rope->theta); !s.ok()) return s;
   if (auto s = GetDouble(j, "partial_rotary_factor", &rope->partial_rotary_factor); !s.ok()) return s;
   if (auto s = GetDouble(params, "partial_rotary_factor", &rope->partial_rotary_factor); !s.ok()) return s;
+  if (!(rope->theta > 0) || !std::isfinite(rope->theta)) return FieldError("rope_theta", "must be a finite number > 0");
+  if (!(rope->partial_rotary_factor > 0 && rope->partial_rotary_factor <= 1)) {
+    return FieldError("partial_rotary_factor", "must be in (0, 1]");
+  }
   std::string type = "default";
   for (const char* key : {"rope_type", "type"}) {
     if (params.contains(key) && params[key].is_string()) type = params[key].get<std::string>();
@@ -66,7 +82,7 @@ absl::Status ParseRope(const json& j, RopeConfig* rope) {
     if (auto s = GetDouble(params, "low_freq_factor", &rope->low_freq_factor); !s.ok()) return s;
     if (auto s = GetDouble(params, "high_freq_factor", &rope->high_freq_factor); !s.ok()) return s;
     if (auto s = GetInt(params, "original_max_position_embeddings",
-                        &rope->original_max_position_embeddings, true);
+                        &rope->original_max_position_embeddings, true, 1, kMaxPositions);
         !s.ok()) {
       return s;
     }
@@ -142,10 +158,10 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
   }
   for (auto [field, out] : {std::pair{"vocab_size", &c.vocab_size},
                             {"hidden_size", &c.hidden_size},
-                            {"num_hidden_layers", &c.num_layers},
                             {"num_attention_heads", &c.num_attention_heads}}) {
     if (auto s = GetInt(j, field, out, true); !s.ok()) return s;
   }
+  if (auto s = GetInt(j, "num_hidden_layers", &c.num_layers, true, 1, kMaxLayers); !s.ok()) return s;
   // MoE-only families may omit the dense intermediate size.
   const bool dense_ffn_required = c.family == ModelFamily::kLlama || c.family == ModelFamily::kQwen3 ||
                                   c.family == ModelFamily::kQwen35;
@@ -159,9 +175,16 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
   }
   c.head_dim = c.hidden_size / c.num_attention_heads;
   if (auto s = GetInt(j, "head_dim", &c.head_dim, false); !s.ok()) return s;
+  if (c.head_dim == 0) {
+    return FieldError("head_dim", absl::StrCat("is missing, and hidden_size / num_attention_heads (", c.hidden_size,
+                                               " / ", c.num_attention_heads, ") is 0"));
+  }
   if (c.head_dim % 2 != 0) return FieldError("head_dim", "must be even for RoPE");
   c.max_position_embeddings = 2048;
-  if (auto s = GetInt(j, "max_position_embeddings", &c.max_position_embeddings, false); !s.ok()) return s;
+  if (auto s = GetInt(j, "max_position_embeddings", &c.max_position_embeddings, false, 1, kMaxPositions);
+      !s.ok()) {
+    return s;
+  }
   if (auto s = GetDouble(j, "rms_norm_eps", &c.rms_norm_eps); !s.ok()) return s;
   if (c.rms_norm_eps <= 0) return FieldError("rms_norm_eps", "must be > 0");
   for (const json* src : std::initializer_list<const json*>{&root, &j}) {  // tie_word_embeddings may sit on the wrapper
@@ -268,6 +291,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
                         c.family != ModelFamily::kMixtral && c.family != ModelFamily::kOlmoe);
         !s.ok()) {
       return s;
+    }
+    if (m.num_experts > 0 && m.expert_intermediate_size == 0) {  // Mixtral, OLMoE: the dense size
+      return FieldError("intermediate_size", "is missing (the experts' width when moe_intermediate_size is absent)");
     }
     if (auto s = GetInt(j, "shared_expert_intermediate_size", &m.shared_expert_intermediate_size, false, 0);
         !s.ok()) {

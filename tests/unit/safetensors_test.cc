@@ -101,6 +101,60 @@ TEST(ModelConfigTest, RejectsBadAndUnsupportedConfigs) {
   EXPECT_EQ(yarn.status().code(), absl::StatusCode::kUnimplemented);
 }
 
+// What the config.json fuzz target (tests/fuzz/model_config_fuzzer.cc) found: each
+// parsed before, into a config the graph cannot use (or after unbounded work).
+TEST(ModelConfigTest, FuzzFindingsAreRejectedByName) {
+  const std::string llama =
+      R"("model_type": "llama", "vocab_size": 16, "intermediate_size": 8, "num_hidden_layers": 1)";
+  const std::string hybrid =
+      R"("model_type": "qwen3_next", "vocab_size": 16, "hidden_size": 64, "head_dim": 16,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 8,
+         "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16,
+         "linear_value_head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
+         "moe_intermediate_size": 8)";
+  const std::pair<std::string, std::string> cases[] = {
+      // hidden_size / num_attention_heads rounds to a head_dim of 0.
+      {"{" + llama + R"(, "hidden_size": 2, "num_attention_heads": 4})", "head_dim"},
+      // A rotary width of 5 × head_dim, wider than the head it rotates.
+      {"{" + llama + R"(, "hidden_size": 64, "num_attention_heads": 4, "partial_rotary_factor": 5})",
+       "partial_rotary_factor"},
+      {"{" + llama + R"(, "hidden_size": 64, "num_attention_heads": 4,
+           "rope_parameters": {"partial_rotary_factor": -0.5}})",
+       "partial_rotary_factor"},
+      {"{" + llama + R"(, "hidden_size": 64, "num_attention_heads": 4, "rope_theta": 0})", "rope_theta"},
+      // 2e10 layers: parsing filled one layer type per layer before anything failed.
+      {"{" + hybrid + R"(, "num_hidden_layers": 21474836476, "full_attention_interval": 2})",
+       "num_hidden_layers"},
+      // Above int64: used to wrap to a negative value.
+      {R"({"model_type": "llama", "vocab_size": 18446744073709551615, "hidden_size": 64,
+           "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4})",
+       "vocab_size"},
+      {"{" + llama + R"(, "hidden_size": 16777217, "num_attention_heads": 1})", "hidden_size"},
+      // OLMoE (and Mixtral) experts take intermediate_size when moe_intermediate_size is
+      // absent; without either the experts had width 0.
+      {R"({"model_type": "olmoe", "vocab_size": 16, "hidden_size": 64, "num_hidden_layers": 1,
+           "num_attention_heads": 4, "num_experts": 4, "num_experts_per_tok": 2})",
+       "intermediate_size"},
+  };
+  for (const auto& [json, field] : cases) {
+    auto c = ModelConfig::FromJson(json);
+    ASSERT_FALSE(c.ok()) << json;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+    EXPECT_NE(c.status().message().find(field), absl::string_view::npos)
+        << "want the error to name " << field << ": " << c.status();
+  }
+  // The fuzz corpus keeps each finding as tests/fuzz/model_config_seeds/regression_*.json.
+  int seeds = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(SLUICE_SOURCE_DIR) + "/tests/fuzz/model_config_seeds")) {
+    if (entry.path().filename().string().rfind("regression_", 0) != 0) continue;
+    auto c = ModelConfig::FromFile(entry.path().string());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << entry.path() << ": " << c.status();
+    ++seeds;
+  }
+  EXPECT_GE(seeds, 4);
+}
+
 TEST(ModelLoadTest, ShapeDisagreeingWithConfigIsNamed) {
   // A config claiming a wider model than the weights: the error names the tensor.
   const std::string dir = ::testing::TempDir() + "/sluice_shape_mismatch";

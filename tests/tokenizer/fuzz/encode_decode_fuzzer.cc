@@ -21,7 +21,7 @@
 
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/unicode.h"
-#include "tests/tokenizer/fuzz/fuzz_util.h"
+#include "tests/fuzz/fuzz_util.h"
 
 namespace {
 

@@ -8,7 +8,7 @@
 
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/unicode.h"
-#include "tests/tokenizer/fuzz/fuzz_util.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view input(reinterpret_cast<const char*>(data), size);

@@ -1,6 +1,6 @@
-// Shared setup for the tokenizer fuzz targets.
-#ifndef SLUICE_TESTS_TOKENIZER_FUZZ_FUZZ_UTIL_H_
-#define SLUICE_TESTS_TOKENIZER_FUZZ_FUZZ_UTIL_H_
+// Shared setup for the fuzz targets (tests/fuzz and tests/tokenizer/fuzz).
+#ifndef SLUICE_TESTS_FUZZ_FUZZ_UTIL_H_
+#define SLUICE_TESTS_FUZZ_FUZZ_UTIL_H_
 
 #include <cstdio>
 #include <cstdlib>
@@ -15,4 +15,4 @@
     }                                                                                    \
   } while (0)
 
-#endif  // SLUICE_TESTS_TOKENIZER_FUZZ_FUZZ_UTIL_H_
+#endif  // SLUICE_TESTS_FUZZ_FUZZ_UTIL_H_

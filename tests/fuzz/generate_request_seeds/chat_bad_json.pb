@@ -1,0 +1,3 @@
+R
+	
+userxnot json[1]

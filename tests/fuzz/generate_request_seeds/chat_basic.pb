@@ -1,0 +1,5 @@
+"R/
+
+system	Be brief.
+
+userHi! Who are you?

@@ -1,0 +1,2 @@
+
+!Hello, world! The quick brown fox"

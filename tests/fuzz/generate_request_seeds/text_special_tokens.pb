@@ -1,0 +1,2 @@
+
+*<|endoftext|>Once upon a time<|endoftext|>@Jreq-1
