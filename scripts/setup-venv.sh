@@ -12,6 +12,7 @@ PACKAGES=(
   grpcio==1.76.0 grpcio-tools==1.76.0 grpcio-health-checking==1.76.0 grpcio-reflection==1.76.0
   setuptools==80.9.0  # builds clients/python with the grpcio-tools above (no build isolation)
   matplotlib==3.11.2  # clients/loadgen/plot_loadgen.py
+  openai==3.51.0  # tests/python/openai_test.py: the official client against the HTTP server
   PyYAML==6.0.3 kubernetes-validate==1.37.0 check-jsonschema==0.39.0  # tests/python/manifests_test.py (schemas bundled, offline)
 )
 stamp="$VENV/.sluice-packages"
