@@ -498,28 +498,10 @@ class ApiKeyTest(unittest.TestCase):
         self.assertEqual(len(asyncio.run(run()).token_ids), 2)
 
 
-def make_pki(directory):
-    """A CA, and a server (127.0.0.1, localhost) and a client certificate it signed, by openssl.
-    (operations_test.make_pki makes the same; importing that module would load its own stubs.)"""
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, cwd=directory, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=sluice client test CA")
-    with open(os.path.join(directory, "san.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN=sluice client test {name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext")
-    return {n: os.path.join(directory, n) for n in os.listdir(directory)}
-
-
 class TlsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.pki = make_pki(tempfile.mkdtemp(prefix="sluice-client-pki-"))
+        cls.pki = tl.make_pki(tempfile.mkdtemp(prefix="sluice-client-pki-"))
         cls.ca = cls.pki["ca.pem"]
         tls = [f"--tls_cert={cls.pki['server.pem']}", f"--tls_key={cls.pki['server.key']}"]
         cls.daemon = cls.start(tls)

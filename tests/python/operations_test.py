@@ -170,22 +170,6 @@ class KeyReloadTest(unittest.TestCase):
             self.assertIn("keeping the 1 keys in force", d.read_log())
 
 
-def make_pki(directory):
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, cwd=directory, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=sluice test CA")
-    write(os.path.join(directory, "san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN=sluice test {name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext")
-    return {n: os.path.join(directory, n) for n in os.listdir(directory)}
-
-
 def read(path):
     with open(path, "rb") as f:
         return f.read()
@@ -194,7 +178,7 @@ def read(path):
 class TlsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.pki = make_pki(tempfile.mkdtemp(prefix="sluice-pki-"))
+        cls.pki = tl.make_pki(tempfile.mkdtemp(prefix="sluice-pki-"))
 
     def health_over_tls(self, d, **creds):
         credentials = grpc.ssl_channel_credentials(root_certificates=read(self.pki["ca.pem"]), **creds)
@@ -276,7 +260,7 @@ class DrainTest(unittest.TestCase):
 
 class StartupFailureTest(unittest.TestCase):
     def run_sluiced(self, *args):
-        cmd = [os.path.join(tl.BIN_DIR, "sluiced"), "--listen=127.0.0.1:0", "--metrics_listen=", *args]
+        cmd = [os.path.join(tl.BIN_DIR, "sluiced"), "--listen=127.0.0.1:0", "--metrics_listen=", "--http_listen=", *args]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         lines = [l for l in p.stderr.splitlines() if l.startswith("sluiced:")]
         return p.returncode, lines

@@ -57,6 +57,25 @@ def die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def make_pki(directory):
+    """A CA, and a server (127.0.0.1, localhost) and a client certificate it signed, made
+    by openssl in `directory`. Returns {file name: path} (ca.pem, server.pem, server.key,
+    client.pem, client.key, ...)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, cwd=directory, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=sluice test CA")
+    with open(os.path.join(directory, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=sluice test {name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext")
+    return {n: os.path.join(directory, n) for n in os.listdir(directory)}
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -111,13 +130,16 @@ class Daemon:
         self.proc = None
         self.port = None
         self.metrics_port = None
+        self.http_port = None  # the OpenAI-compatible HTTP server's (an ephemeral port unless args say otherwise)
         self.dir = tempfile.mkdtemp(prefix="sluice-daemon-")
         self.log_path = os.path.join(self.dir, "sluiced.log")
 
     def start(self, wait_serving=True, timeout=120):
         port_file = os.path.join(self.dir, "port")
+        http_port_file = os.path.join(self.dir, "http_port")
         args = [os.path.join(BIN_DIR, "sluiced"), f"--model={self.model_dir}", "--listen=127.0.0.1:0",
-                f"--port_file={port_file}", "--threads=2", "--kv_cache_memory=16777216"]
+                f"--port_file={port_file}", "--threads=2", "--kv_cache_memory=16777216",
+                "--http_listen=127.0.0.1:0", f"--http_port_file={http_port_file}"]
         if self.want_metrics:
             self.metrics_port = free_port()
             args.append(f"--metrics_listen=127.0.0.1:{self.metrics_port}")
@@ -143,6 +165,11 @@ class Daemon:
                 time.sleep(0.05)
         if self.port is None:
             raise RuntimeError(f"sluiced did not report its port:\n{self.read_log()}")
+        try:  # written before the gRPC port; absent when args disabled HTTP (--http_listen=)
+            with open(http_port_file) as f:
+                self.http_port = int(f.read().strip())
+        except (OSError, ValueError):
+            self.http_port = None
         if wait_serving:
             self.wait_serving(deadline - time.time())
         return self
