@@ -118,7 +118,9 @@ class EngineCollectable final : public prometheus::Collectable {
     prometheus::MetricFamily family{"sluice_expert_tokens_total",
                                     "Tokens routed to each expert since start, by MoE layer and expert",
                                     prometheus::MetricType::Counter, {}};
-    for (const auto& [layer, counts] : engine.model().ExpertTokenCounts()) {
+    for (const auto& layer_counts : engine.model().ExpertTokenCounts()) {
+      const int32_t layer = layer_counts.first;
+      const std::vector<uint64_t>& counts = layer_counts.second;  // a lambda below captures it
       std::vector<int32_t> order(counts.size());
       std::iota(order.begin(), order.end(), 0);
       size_t keep = order.size();

@@ -454,8 +454,10 @@ void Scheduler::Step() {
     }
   }
   for (auto& [seq, ending] : endings) {
+    // A named copy: clang before 16 cannot capture a structured binding.
+    const Sequence* ended = seq;
     auto it = std::find_if(running_.begin(), running_.end(),
-                           [&](const SeqPtr& p) { return p.get() == seq; });
+                           [&](const SeqPtr& p) { return p.get() == ended; });
     if (it == running_.end()) continue;
     SeqPtr owned = std::move(*it);
     running_.erase(it);
