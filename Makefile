@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 SOAK_SECONDS ?= 120
 
-.PHONY: deps configure build serve test soak bench fixtures clean
+.PHONY: deps configure build serve test soak bench bench-http fixtures clean container-test container-cuda
 
 deps:
 	@bash scripts/install-deps.sh
@@ -36,10 +36,27 @@ soak: build
 bench: build
 	bash bench/run.sh $(BUILD)
 
+# The HTTP (OpenAI-compatible) front door against gRPC on the same load: added TTFT/ITL and CPU.
+bench-http: build
+	bash bench/http_vs_grpc.sh $(BUILD)
+
 # Regenerates the committed fixtures (needs: pip install torch transformers safetensors tokenizers).
 fixtures:
 	python3 tests/fixtures/make_fixtures.py
 	python3 tests/fixtures/make_bad_safetensors.py
+
+# Builds the image (Dockerfile) with buildah on a locally debootstrapped debian:bookworm,
+# starts sluiced from it on loopback and checks health, one Generate and a clean SIGTERM
+# exit (tests/container/container_test.py). Slow (minutes cold), so not part of `make test`.
+container-test:
+	@bash scripts/container-deps.sh
+	@bash scripts/container.sh check
+
+# The CUDA variant: the same Dockerfile on a build image with this machine's CUDA toolkit
+# (scripts/container.sh cuda-base), then the same checks (it serves on the CPU without a GPU).
+container-cuda:
+	@bash scripts/container-deps.sh
+	@bash scripts/container.sh check-cuda
 
 clean:
 	rm -rf build
