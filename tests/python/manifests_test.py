@@ -253,9 +253,10 @@ class Manifests(unittest.TestCase):
     def test_container_ports_are_the_listen_ports(self):
         host, grpc_port = host_port(self.args["listen"])
         mhost, metrics_port = host_port(self.args["metrics_listen"])
-        self.assertEqual((host, mhost), ("0.0.0.0", "0.0.0.0"), "a pod must listen beyond loopback")
+        hhost, http_port = host_port(self.args["http_listen"])
+        self.assertEqual((host, mhost, hhost), ("0.0.0.0",) * 3, "a pod must listen beyond loopback")
         ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
-        self.assertEqual(ports, {"grpc": grpc_port, "metrics": metrics_port})
+        self.assertEqual(ports, {"grpc": grpc_port, "http": http_port, "metrics": metrics_port})
         for p in self.container["ports"]:
             self.assertEqual(p.get("protocol", "TCP"), "TCP")
 
@@ -305,14 +306,15 @@ class Manifests(unittest.TestCase):
 
     def test_service_target_ports_are_container_ports(self):
         by_name = {p["name"]: p["containerPort"] for p in self.container["ports"]}
-        _, grpc_port = host_port(self.args["listen"])
+        served = {host_port(self.args["listen"])[1]: "grpc", host_port(self.args["http_listen"])[1]: "http"}
         for s in (d for _, d in self.docs if d["kind"] == "Service"):
             for p in s["spec"]["ports"]:
                 with self.subTest(service=s["metadata"]["name"], port=p.get("name")):
                     target = p.get("targetPort", p["port"])
                     resolved = by_name[target] if isinstance(target, str) else target
                     self.assertIn(resolved, by_name.values())
-                    self.assertEqual(resolved, grpc_port, "the Services carry gRPC")
+                    self.assertIn(resolved, served, "the Services carry gRPC and the OpenAI HTTP API")
+                    self.assertEqual(p.get("name"), served[resolved])
 
     def test_scrape_annotations_name_the_metrics_port(self):
         ann = self.pod["metadata"]["annotations"]
