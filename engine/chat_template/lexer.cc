@@ -38,42 +38,6 @@ const char* TokenTypeName(TokenType type) {
 
 namespace {
 
-bool IsValidUtf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto b0 = static_cast<uint8_t>(s[i]);
-    if (b0 < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len;
-    char32_t cp;
-    if (b0 >= 0xC2 && b0 < 0xE0) {
-      len = 2;
-      cp = b0 & 0x1F;
-    } else if (b0 >= 0xE0 && b0 < 0xF0) {
-      len = 3;
-      cp = b0 & 0x0F;
-    } else if (b0 >= 0xF0 && b0 < 0xF5) {
-      len = 4;
-      cp = b0 & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > s.size()) return false;
-    for (size_t k = 1; k < len; ++k) {
-      const auto b = static_cast<uint8_t>(s[i + k]);
-      if ((b & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return false;
-    }
-    i += len;
-  }
-  return true;
-}
-
 bool IsDigit(char32_t c) { return c >= '0' && c <= '9'; }
 bool IsNameStart(char32_t c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool IsNameChar(char32_t c) { return IsNameStart(c) || IsDigit(c); }
@@ -554,7 +518,7 @@ class Lexer {
 }  // namespace
 
 std::vector<Token> Tokenize(std::string_view source) {
-  if (!IsValidUtf8(source)) ThrowInvalid("chat template is not valid UTF-8");
+  if (!ValidUtf8(source)) ThrowInvalid("chat template is not valid UTF-8");
   // Newlines normalized to \n; one trailing newline dropped (keep_trailing_newline=False).
   std::u32string src;
   const std::u32string decoded = DecodeUtf8(source);

@@ -279,6 +279,8 @@ std::string EncodeUtf8(std::u32string_view s);
 void AppendUtf8(char32_t cp, std::string* out);
 // Number of code points.
 size_t Utf8Length(std::string_view s);
+// Well-formed UTF-8 (what Python's str accepts: no overlong forms or surrogates).
+bool ValidUtf8(std::string_view s);
 
 }  // namespace sluice::chat::internal
 
