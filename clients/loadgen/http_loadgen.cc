@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "clients/loadgen/summary.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -50,28 +51,8 @@ using Json = nlohmann::json;
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-struct Summary {
-  size_t count = 0;
-  double mean = 0, p50 = 0, p90 = 0, p99 = 0, max = 0;
-};
-
-std::optional<Summary> Summarize(std::vector<double> v) {
-  if (v.empty()) return std::nullopt;
-  std::sort(v.begin(), v.end());
-  auto rank = [&](double p) {
-    const size_t k = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-    return v[std::clamp<size_t>(k, 1, v.size()) - 1];
-  };
-  Summary s;
-  s.count = v.size();
-  for (double x : v) s.mean += x;
-  s.mean /= static_cast<double>(v.size());
-  s.p50 = rank(50);
-  s.p90 = rank(90);
-  s.p99 = rank(99);
-  s.max = v.back();
-  return s;
-}
+using sluice::loadgen::Summarize;
+using sluice::loadgen::Summary;
 
 Json SummaryJson(const std::vector<double>& v) {
   Json j = {{"count", v.size()}};

@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "clients/loadgen/summary.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -292,30 +293,8 @@ struct Config {
 // ---------------------------------------------------------------------------------------
 // Figures.
 
-// Nearest-rank percentiles; nullopt without samples.
-struct Summary {
-  size_t count = 0;
-  double mean = 0, p50 = 0, p90 = 0, p99 = 0, max = 0;
-};
-
-std::optional<Summary> Summarize(std::vector<double> v) {
-  if (v.empty()) return std::nullopt;
-  std::sort(v.begin(), v.end());
-  auto rank = [&](double p) {
-    const size_t k = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-    return v[std::clamp<size_t>(k, 1, v.size()) - 1];
-  };
-  Summary s;
-  s.count = v.size();
-  double sum = 0;
-  for (double x : v) sum += x;
-  s.mean = sum / static_cast<double>(v.size());
-  s.p50 = rank(50);
-  s.p90 = rank(90);
-  s.p99 = rank(99);
-  s.max = v.back();
-  return s;
-}
+using sluice::loadgen::Summarize;
+using sluice::loadgen::Summary;
 
 // Puts `value` only when it is finite: no NaN or infinity ever reaches the JSON.
 void Put(Json& j, const char* key, double value) {
