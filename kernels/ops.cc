@@ -45,7 +45,7 @@ absl::StatusOr<std::unique_ptr<Linear>> Linear::Create(const Tensor& weight, Dev
   if (weight.device() != Device::kCpu) {
     return absl::UnimplementedError("Linear: packing a weight from a GPU tensor to the CPU");
   }
-  if (weight.dtype() == DType::kI32) return absl::InvalidArgumentError("Linear: int32 weight");
+  if (weight.dtype() == DType::kI32 || weight.dtype() == DType::kI64) return absl::InvalidArgumentError("Linear: integer weight");
   return cpu::CreateLinear(weight);
 }
 
@@ -84,7 +84,8 @@ absl::StatusOr<Tensor> ToF32(const Tensor& t, Device device) {
       break;
     }
     case DType::kI32:
-      return absl::InvalidArgumentError("ToF32: int32 tensor");
+    case DType::kI64:
+      return absl::InvalidArgumentError("ToF32: integer tensor");
   }
   return out;
 }

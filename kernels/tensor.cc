@@ -18,6 +18,8 @@ size_t DTypeSize(DType dtype) {
     case DType::kBF16:
     case DType::kF16:
       return 2;
+    case DType::kI64:
+      return 8;
   }
   return 0;
 }
@@ -32,6 +34,8 @@ absl::string_view DTypeName(DType dtype) {
       return "float16";
     case DType::kI32:
       return "int32";
+    case DType::kI64:
+      return "int64";
   }
   return "?";
 }

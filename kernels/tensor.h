@@ -15,7 +15,8 @@
 namespace sluice::kernels {
 
 enum class Device { kCpu, kCuda };
-enum class DType { kF32, kBF16, kF16, kI32 };
+// kI64 holds counters that must not wrap (expert token counts).
+enum class DType { kF32, kBF16, kF16, kI32, kI64 };
 
 size_t DTypeSize(DType dtype);
 absl::string_view DTypeName(DType dtype);

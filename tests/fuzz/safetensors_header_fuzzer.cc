@@ -36,6 +36,8 @@ uint64_t ElementSize(sluice::kernels::DType dtype) {
     case sluice::kernels::DType::kBF16:
     case sluice::kernels::DType::kF16:
       return 2;
+    case sluice::kernels::DType::kI64:
+      return 8;
   }
   SLUICE_FUZZ_CHECK(false && "unknown dtype");
   return 0;
