@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/sampling/sampler.h"
+#include "engine/serving_model.h"
 #include "kernels/ops.h"
 #include "kernels/status_macros.h"
 
@@ -15,7 +16,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   engine->options_ = options;
   if (options.threads > 0) kernels::SetNumThreads(options.threads);
   SLUICE_RETURN_IF_ERROR(kernels::SetMatmulPrecision(options.matmul_precision));
-  SLUICE_ASSIGN_OR_RETURN(engine->model_, CausalLm::Load(options.model_dir, options.device));
+  SLUICE_ASSIGN_OR_RETURN(engine->model_, LoadServingModel(options.model_dir, options.device));
   const int64_t model_max = engine->model_->max_context();
   int64_t max_len = options.max_model_len > 0 ? options.max_model_len : model_max;
   if (max_len > model_max) {

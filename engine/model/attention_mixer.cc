@@ -157,7 +157,7 @@ absl::Status AttentionMixer::Forward(const StepTensors& step, const Tensor& x, T
   return o_proj_->Forward(attn2d, out);
 }
 
-absl::Status AttentionMixer::WriteKeyValueOnly(const StepTensors& step, const Tensor& x) {
+absl::Status AttentionMixer::WriteSkippedRows(const StepTensors& step, const Tensor& x) {
   if (kv_proj_ == nullptr) return absl::FailedPreconditionError("attention: no key/value-only path");
   const int64_t tokens = x.dim(0);
   const int64_t kv_width = num_kv_heads_ * head_dim_;
@@ -191,6 +191,21 @@ double AttentionMixer::FlopsPerToken(int64_t context) const {
   // Scores and the weighted sum of values: 2 · 2 · context · d per query head.
   const double attend = 4.0 * static_cast<double>(context) * head_dim_ * num_heads_;
   return proj + attend;
+}
+
+LayerCacheSpec AttentionMixer::CacheSpec() const {
+  LayerCacheSpec spec;
+  spec.kind = LayerCacheSpec::Kind::kKvBlocks;
+  spec.num_kv_heads = num_kv_heads_;
+  spec.head_dim = head_dim_;
+  return spec;
+}
+
+absl::StatusOr<std::unique_ptr<Mixer>> LoadAttentionMixer(const MixerContext& c) {
+  SLUICE_ASSIGN_OR_RETURN(auto mixer, AttentionMixer::Load(*c.config, *c.checkpoint, c.prefix, c.cache_index,
+                                                           c.rope_table, c.device,
+                                                           /*key_value_only_path=*/c.gated_branch));
+  return std::unique_ptr<Mixer>(std::move(mixer));
 }
 
 }  // namespace sluice::engine

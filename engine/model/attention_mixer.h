@@ -28,9 +28,10 @@ class AttentionMixer : public Mixer {
   // GateSkip: a token that skips this branch still writes its K/V, so later tokens see a
   // complete cache. Runs only the k/v projections (plus k norm, clip and RoPE) for the
   // rows of x and writes them at step.slot_mapping. Needs key_value_only_path at load.
-  absl::Status WriteKeyValueOnly(const StepTensors& step, const kernels::Tensor& x);
-  // FLOPs of WriteKeyValueOnly per token: what a GateSkip-skipped token still costs.
-  double KeyValueFlopsPerToken() const { return 2.0 * 2 * num_kv_heads_ * head_dim_ * hidden_; }
+  absl::Status WriteSkippedRows(const StepTensors& step, const kernels::Tensor& x) override;
+  // What a GateSkip-skipped token still costs: the k|v projection.
+  double SkippedRowFlopsPerToken() const override { return 2.0 * 2 * num_kv_heads_ * head_dim_ * hidden_; }
+  LayerCacheSpec CacheSpec() const override;
   double FlopsPerToken(int64_t context) const override;
   bool output_gate() const { return output_gate_; }
   int64_t num_heads() const { return num_heads_; }

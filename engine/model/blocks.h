@@ -39,16 +39,38 @@ struct StepTensors {
   const RowControls* controls = nullptr;       // null: dense
 };
 
+// The cache one layer's mixer keeps per sequence. Each mixer declares its own; the model
+// sizes the KV cache and the recurrent-state cache from these declarations.
+struct LayerCacheSpec {
+  enum class Kind {
+    kKvBlocks,   // K and V of every position, in paged blocks (softmax attention)
+    kStateSlot,  // one fixed-size state slot per sequence (linear attention)
+  };
+  Kind kind = Kind::kKvBlocks;
+  int64_t num_kv_heads = 0;  // kKvBlocks
+  int64_t head_dim = 0;      // kKvBlocks
+  StateCacheShape state;     // kStateSlot: the per-slot shape (num_layers, num_slots unset)
+};
+
 class Mixer {
  public:
   virtual ~Mixer() = default;
   // x: normalised input f32 [T, hidden]; out: f32 [T, hidden].
   virtual absl::Status Forward(const StepTensors& step, const kernels::Tensor& x,
                                kernels::Tensor* out) = 0;
+  virtual LayerCacheSpec CacheSpec() const = 0;
   // FLOPs (multiply-add = 2) of one token at a context length of `context` tokens.
   virtual double FlopsPerToken(int64_t context) const = 0;
   // Weight bytes one token reads through this block.
   virtual size_t WeightBytes() const = 0;
+  // GateSkip: what a row that skips this branch still runs (see GATESKIP.md). A mixer
+  // whose cache holds every position writes those rows' cache entries, so later tokens
+  // see a complete cache; a recurrent mixer leaves them out of its state entirely.
+  virtual absl::Status WriteSkippedRows(const StepTensors& step, const kernels::Tensor& x) {
+    return absl::OkStatus();
+  }
+  // FLOPs per token of WriteSkippedRows (counted as executed for a skipped row).
+  virtual double SkippedRowFlopsPerToken() const { return 0; }
   // Clears a state slot's per-layer state (linear mixers; a no-op for attention). Used
   // when a new sequence runs none of its rows through this mixer in its first step.
   virtual absl::Status ResetState(RecurrentStateCache* state_cache, int32_t slot) {
@@ -56,13 +78,45 @@ class Mixer {
   }
 };
 
-// The linear-attention mixer of a hybrid layer (Gated DeltaNet), loaded from
-// `prefix` = "...layers.{i}.linear_attn."; `state_layer` indexes the state cache.
-absl::StatusOr<std::unique_ptr<Mixer>> LoadLinearAttentionMixer(const ModelConfig& config,
-                                                                const Checkpoint& ckpt,
-                                                                const std::string& prefix,
-                                                                int state_layer,
-                                                                kernels::Device device);
+// What a mixer is built from. `cache_index` numbers the layers that keep the same kind
+// of cache (the KV cache's layer, or the state cache's).
+struct MixerContext {
+  const ModelConfig* config = nullptr;
+  const Checkpoint* checkpoint = nullptr;
+  std::string prefix;  // the mixer's weights, e.g. "model.layers.3.self_attn."
+  int64_t layer = 0;
+  int cache_index = 0;
+  kernels::Device device = kernels::Device::kCpu;
+  // The layer's mixer branch has a GateSkip residual gate (skipped rows may occur).
+  bool gated_branch = false;
+  // Rotary tables shared by every layer that needs one (MixerBuilder builds it once).
+  std::shared_ptr<const kernels::Tensor> rope_table;
+};
+
+// Builds each layer's mixer from config.json's layer_types. mixer_factory.cc holds one
+// registration line per mixer type: a new mixer is its file, its ops and that line.
+class MixerBuilder {
+ public:
+  MixerBuilder(const ModelConfig& config, const Checkpoint& ckpt, kernels::Device device)
+      : config_(config), ckpt_(ckpt), device_(device) {}
+  // Where layer `layer`'s mixer weights live under its prefix ("self_attn." or
+  // "linear_attn."); INVALID_ARGUMENT for a layer type no mixer is registered for.
+  absl::StatusOr<std::string> WeightPrefix(int64_t layer) const;
+  // The mixer of layer `layer`, whose weights start at `layer_prefix` ("model.layers.3.").
+  absl::StatusOr<std::unique_ptr<Mixer>> Build(const std::string& layer_prefix, int64_t layer,
+                                               bool gated_branch);
+
+ private:
+  const ModelConfig& config_;
+  const Checkpoint& ckpt_;
+  kernels::Device device_;
+  int cache_counts_[2] = {0, 0};  // per LayerCacheSpec::Kind
+  std::shared_ptr<const kernels::Tensor> rope_table_;
+};
+
+// The registered mixers' loaders.
+absl::StatusOr<std::unique_ptr<Mixer>> LoadAttentionMixer(const MixerContext& context);
+absl::StatusOr<std::unique_ptr<Mixer>> LoadLinearAttentionMixer(const MixerContext& context);
 
 class FeedForward {
  public:
@@ -74,6 +128,8 @@ class FeedForward {
     return Forward(x, out, nullptr);
   }
   virtual double FlopsPerToken() const = 0;
+  // Tokens routed to each expert since load (MoE only; empty otherwise). Thread-safe.
+  virtual std::vector<uint64_t> ExpertTokenCounts() const { return {}; }
 };
 
 // Rotary tables shared by every attention layer: cos | sin per position.

@@ -4,11 +4,15 @@
 #define SLUICE_ENGINE_MODEL_CAUSAL_LM_H_
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/budget/compute_budget.h"
+#include "engine/budget/gateskip_calibration.h"
+#include "engine/budget/residual_branch.h"
 #include "engine/cache/kv_cache.h"
 #include "engine/cache/state_cache.h"
 #include "engine/config/model_config.h"
@@ -20,10 +24,17 @@
 
 namespace sluice::engine {
 
+struct ModelLoadOptions {
+  // The GateSkip calibration set for a model with residual gates, from its vocabulary
+  // size. Unset: fixed pseudo-random ids. The engine sets it (engine/serving_model.h).
+  std::function<GateSkipCalibrationSet(int64_t vocab_size)> gateskip_calibration_ids;
+};
+
 class CausalLm : public LanguageModel {
  public:
   static absl::StatusOr<std::unique_ptr<CausalLm>> Load(const std::string& dir,
-                                                        kernels::Device device);
+                                                        kernels::Device device,
+                                                        const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const override { return config_; }
   kernels::Device device() const { return device_; }
@@ -57,7 +68,7 @@ class CausalLm : public LanguageModel {
   // INVALID_ARGUMENT for out-of-range values, FAILED_PRECONDITION (naming the supported
   // controls) for a control the model cannot honour.
   absl::Status ValidateBudget(const ComputeBudget& budget) const;
-  bool has_residual_gates() const { return has_residual_gates_; }
+  bool has_residual_gates() const { return budget_caps_.residual_gates; }
   // FLOPs of all residual gates for one token (part of DenseFlops; GateSkip always runs
   // them, since they make the skip decision).
   double GateFlopsPerToken() const;
@@ -77,30 +88,17 @@ class CausalLm : public LanguageModel {
   std::vector<std::pair<int32_t, std::vector<uint64_t>>> ExpertTokenCounts() const;
 
  private:
-  // GateSkip residual gate of one branch: out = h + sigmoid(W x + b) ⊙ f(x), x the
-  // branch input (after the branch's norm). weight is null when the branch has none.
-  struct ResidualGate {
-    std::unique_ptr<kernels::Linear> weight;  // [width, hidden], width = hidden or 1
-    kernels::Tensor bias;                     // f32 [width], undefined when absent
-    int64_t width = 0;
-  };
   struct Layer {
     kernels::Tensor input_norm;
     kernels::Tensor post_attention_norm;
     std::unique_ptr<Mixer> mixer;
     std::unique_ptr<FeedForward> ffn;
-    bool linear_attention = false;
     ResidualGate gates[2];  // [0] mixer branch, [1] FFN branch
   };
-  // Importances seen per (layer, branch) during calibration.
-  using ImportanceSink = std::vector<std::array<std::vector<float>, 2>>;
 
-  absl::Status RunBranch(int64_t layer_index, int branch, const StepTensors& step,
-                         const std::vector<int32_t>& row_sequence, bool any_budget,
-                         const kernels::Tensor& normed, kernels::Tensor* x,
-                         kernels::Tensor* branch_out, std::vector<SequenceCost>* costs);
-  double BranchFlops(int64_t layer_index, int branch, int64_t context) const;
-  absl::Status CalibrateGateSkip(const std::string& dir);
+  absl::Status CalibrateGateSkip(const GateSkipCalibrationSet& set);
+  // Sizes the caches from the mixers' declarations (one shape per cache kind).
+  absl::Status CollectCacheSpecs();
 
   ModelConfig config_;
   kernels::Device device_ = kernels::Device::kCpu;
@@ -109,11 +107,12 @@ class CausalLm : public LanguageModel {
   kernels::Tensor final_norm_;
   std::unique_ptr<kernels::Linear> lm_head_;
   uint64_t weight_bytes_per_token_ = 0;
-  bool has_residual_gates_ = false;
-  // Sorted importances of the calibration tokens, per (layer, branch).
-  ImportanceSink calibration_;
+  BudgetCapabilities budget_caps_;
+  KvCacheShape kv_shape_;        // num_blocks and block_size left to the caller
+  StateCacheShape state_shape_;  // num_slots left to the caller
+  GateSkipThresholds thresholds_;
   std::string calibration_source_;
-  ImportanceSink* importance_sink_ = nullptr;  // set only while calibrating
+  GateSkipThresholds::Importances* importance_sink_ = nullptr;  // set only while calibrating
 };
 
 }  // namespace sluice::engine

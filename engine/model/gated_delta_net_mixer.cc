@@ -164,12 +164,19 @@ double GatedDeltaNetMixer::FlopsPerToken(int64_t context) const {
   return proj + conv + recurrence;
 }
 
-absl::StatusOr<std::unique_ptr<Mixer>> LoadLinearAttentionMixer(const ModelConfig& config,
-                                                                const Checkpoint& ckpt,
-                                                                const std::string& prefix,
-                                                                int state_layer,
-                                                                kernels::Device device) {
-  SLUICE_ASSIGN_OR_RETURN(auto mixer, GatedDeltaNetMixer::Load(config, ckpt, prefix, state_layer, device));
+LayerCacheSpec GatedDeltaNetMixer::CacheSpec() const {
+  LayerCacheSpec spec;
+  spec.kind = LayerCacheSpec::Kind::kStateSlot;
+  spec.state.conv_dim = shape_.conv_dim();
+  spec.state.conv_tail = shape_.conv_kernel - 1;
+  spec.state.num_value_heads = shape_.num_value_heads;
+  spec.state.key_head_dim = shape_.key_head_dim;
+  spec.state.value_head_dim = shape_.value_head_dim;
+  return spec;
+}
+
+absl::StatusOr<std::unique_ptr<Mixer>> LoadLinearAttentionMixer(const MixerContext& c) {
+  SLUICE_ASSIGN_OR_RETURN(auto mixer, GatedDeltaNetMixer::Load(*c.config, *c.checkpoint, c.prefix, c.cache_index, c.device));
   return std::unique_ptr<Mixer>(std::move(mixer));
 }
 

@@ -26,6 +26,7 @@ class GatedDeltaNetMixer : public Mixer {
                                                                   kernels::Device device);
   absl::Status Forward(const StepTensors& step, const kernels::Tensor& x,
                        kernels::Tensor* out) override;
+  LayerCacheSpec CacheSpec() const override;
   double FlopsPerToken(int64_t context) const override;
   absl::Status ResetState(RecurrentStateCache* state_cache, int32_t slot) override;
   size_t WeightBytes() const override { return in_proj_->weight_bytes() + out_proj_->weight_bytes(); }
