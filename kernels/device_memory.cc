@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/stream.h"
 
 namespace sluice::kernels {
 
@@ -19,80 +20,144 @@ void Free(void* data);
 const char* Fill0(void* data, size_t bytes);
 const char* Copy(void* dst, bool dst_on_device, const void* src, bool src_on_device,
                  size_t bytes);
+const char* CopyAsync(void* dst, bool dst_on_device, const void* src, bool src_on_device,
+                      size_t bytes, void* stream, bool wait);
 int DeviceCount();
 }  // namespace cuda
 #endif
 
 namespace {
 
-// Caches freed CPU blocks by size class. Every engine step allocates the same
-// activation buffers again; without reuse each large one is a fresh mmap whose pages the
-// kernel must fault in and zero, which cost more than the math in a decode step.
-class CpuBlockCache {
- public:
-  static CpuBlockCache& Get() {
-    static CpuBlockCache* cache = new CpuBlockCache();  // never destroyed: freed at exit
-    return *cache;
-  }
+void* CpuAllocate(size_t bytes) { return std::aligned_alloc(64, bytes); }
+void CpuFree(void* p) { std::free(p); }
 
-  // Small blocks go straight to malloc's own bins; large ones are rounded to one of
-  // four classes per power of two (at most 25 % slack) so similar sizes share blocks.
-  static size_t SizeClass(size_t bytes) {
-    size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-    if (rounded < kLargeBytes) return rounded;
-    size_t power = size_t{1} << (63 - __builtin_clzll(rounded));
-    const size_t step = power / 4;
-    return (rounded + step - 1) / step * step;
-  }
+#ifdef SLUICE_WITH_CUDA
+void* CudaAllocate(size_t bytes) {
+  void* p = nullptr;
+  return cuda::Allocate(bytes, &p) == nullptr ? p : nullptr;
+}
+void CudaFree(void* p) { cuda::Free(p); }
+#endif
+
+constexpr size_t kLargeBytes = 64 << 10;
+
+// Caches freed blocks of one device by size class (DeviceMemorySizeClass).
+class BlockCache {
+ public:
+  // Blocks of a class under min_cached_class go straight to the device allocator (on the
+  // CPU, malloc's own bins serve small blocks well).
+  BlockCache(void* (*allocate)(size_t), void (*free)(void*), size_t min_cached_class,
+             size_t max_cached_bytes)
+      : allocate_(allocate), free_fn_(free), min_cached_class_(min_cached_class),
+        max_cached_bytes_(max_cached_bytes) {}
 
   void* Allocate(size_t size_class) {
-    if (size_class >= kLargeBytes) {
+    if (size_class >= min_cached_class_) {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.find(size_class);
       if (it != free_.end() && !it->second.empty()) {
         void* p = it->second.back();
         it->second.pop_back();
         cached_bytes_ -= size_class;
+        --cached_blocks_;
+        ++hits_;
         return p;
       }
+      ++misses_;
     }
-    return std::aligned_alloc(64, size_class);
+    return allocate_(size_class);
   }
 
   void Free(void* p, size_t size_class) {
-    if (size_class >= kLargeBytes) {
+    if (size_class >= min_cached_class_) {
       std::lock_guard<std::mutex> lock(mu_);
-      if (cached_bytes_ + size_class <= kMaxCachedBytes) {
+      if (cached_bytes_ + size_class <= max_cached_bytes_) {
         free_[size_class].push_back(p);
         cached_bytes_ += size_class;
+        ++cached_blocks_;
         return;
       }
     }
-    std::free(p);
+    free_fn_(p);
+  }
+
+  DeviceMemoryStats Stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceMemoryStats s;
+    s.hits = hits_;
+    s.misses = misses_;
+    s.cached_bytes = cached_bytes_;
+    s.cached_blocks = cached_blocks_;
+    return s;
+  }
+
+  void Release() {
+    std::unordered_map<size_t, std::vector<void*>> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocks.swap(free_);
+      cached_bytes_ = 0;
+      cached_blocks_ = 0;
+    }
+    for (auto& [size_class, list] : blocks) {
+      for (void* p : list) free_fn_(p);
+    }
   }
 
  private:
-  static constexpr size_t kLargeBytes = 64 << 10;
-  static constexpr size_t kMaxCachedBytes = size_t{1} << 30;
+  void* (*allocate_)(size_t);
+  void (*free_fn_)(void*);
+  const size_t min_cached_class_;
+  const size_t max_cached_bytes_;
   std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_bytes_ = 0;
+  size_t cached_blocks_ = 0;
+  uint64_t hits_ = 0;
+  uint64_t misses_ = 0;
 };
+
+BlockCache& CpuCache() {
+  static BlockCache* cache =  // never destroyed: freed at exit
+      new BlockCache(&CpuAllocate, &CpuFree, kLargeBytes, size_t{1} << 30);
+  return *cache;
+}
+
+#ifdef SLUICE_WITH_CUDA
+// Every CUDA block is cached, small ones too: cudaMalloc of any size costs a sync.
+BlockCache& CudaCache() {
+  static BlockCache* cache = new BlockCache(&CudaAllocate, &CudaFree, 0, size_t{4} << 30);
+  return *cache;
+}
+#endif
 
 }  // namespace
 
+size_t DeviceMemorySizeClass(size_t bytes) {
+  size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  if (rounded < kLargeBytes) return rounded;
+  size_t power = size_t{1} << (63 - __builtin_clzll(rounded));
+  const size_t step = power / 4;
+  return (rounded + step - 1) / step * step;
+}
+
 absl::StatusOr<void*> AllocateDeviceMemory(size_t bytes, Device device) {
   if (device == Device::kCpu) {
-    void* p = CpuBlockCache::Get().Allocate(CpuBlockCache::SizeClass(bytes));
+    void* p = CpuCache().Allocate(DeviceMemorySizeClass(bytes));
     if (p == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes"));
     }
     return p;
   }
 #ifdef SLUICE_WITH_CUDA
-  void* p = nullptr;
-  if (const char* err = cuda::Allocate(bytes, &p)) {
-    return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc(", bytes, "): ", err));
+  void* p = CudaCache().Allocate(DeviceMemorySizeClass(bytes));
+  if (p == nullptr) {
+    // Out of device memory, perhaps because the cache holds it: give it back and retry.
+    CudaCache().Release();
+    p = CudaCache().Allocate(DeviceMemorySizeClass(bytes));
+  }
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc(", bytes, ") failed"));
   }
   return p;
 #else
@@ -102,11 +167,30 @@ absl::StatusOr<void*> AllocateDeviceMemory(size_t bytes, Device device) {
 
 void FreeDeviceMemory(void* data, size_t bytes, Device device) {
   if (device == Device::kCpu) {
-    CpuBlockCache::Get().Free(data, CpuBlockCache::SizeClass(bytes));
+    CpuCache().Free(data, DeviceMemorySizeClass(bytes));
     return;
   }
 #ifdef SLUICE_WITH_CUDA
-  cuda::Free(data);
+  CudaCache().Free(data, DeviceMemorySizeClass(bytes));
+#endif
+}
+
+DeviceMemoryStats GetDeviceMemoryStats(Device device) {
+  if (device == Device::kCpu) return CpuCache().Stats();
+#ifdef SLUICE_WITH_CUDA
+  return CudaCache().Stats();
+#else
+  return DeviceMemoryStats{};
+#endif
+}
+
+void ReleaseCachedDeviceMemory(Device device) {
+  if (device == Device::kCpu) {
+    CpuCache().Release();
+    return;
+  }
+#ifdef SLUICE_WITH_CUDA
+  CudaCache().Release();
 #endif
 }
 
@@ -138,6 +222,28 @@ absl::Status CopyBytes(void* dst, Device dst_device, const void* src, Device src
   }
   return absl::OkStatus();
 #else
+  return absl::UnimplementedError("this build has no CUDA backend");
+#endif
+}
+
+absl::Status CopyBytesOnStream(void* dst, Device dst_device, const void* src,
+                               Device src_device, size_t bytes, const Stream& stream,
+                               bool wait) {
+  if (bytes == 0) return absl::OkStatus();
+  if (dst_device == Device::kCpu && src_device == Device::kCpu) {
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+#ifdef SLUICE_WITH_CUDA
+  if (const char* err = cuda::CopyAsync(dst, dst_device == Device::kCuda, src,
+                                        src_device == Device::kCuda, bytes,
+                                        stream.native_handle(), wait)) {
+    return absl::InternalError(absl::StrCat("cudaMemcpyAsync: ", err));
+  }
+  return absl::OkStatus();
+#else
+  (void)stream;
+  (void)wait;
   return absl::UnimplementedError("this build has no CUDA backend");
 #endif
 }

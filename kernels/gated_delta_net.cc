@@ -1,16 +1,18 @@
-// Device-neutral half of the Gated DeltaNet ops: argument checks, then dispatch on the
-// device. Every defect of the input returns a status; nothing here aborts.
+// Device-neutral half of the Gated DeltaNet ops: shape, dtype, device and aliasing checks
+// (never tensor contents), then dispatch on the device (dispatch.h). The sequence
+// metadata (segments, slots) is checked by the device bodies, which can read it.
+// Every defect of the input returns a status; nothing here aborts.
 #include "kernels/gated_delta_net.h"
 
-#include <algorithm>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/gated_delta_net_cpu.h"
+#include "kernels/op_bodies.h"
 #include "kernels/op_checks.h"
 #include "kernels/status_macros.h"
+#include "kernels/tensor.h"
 
 namespace sluice::kernels {
 namespace {
@@ -22,52 +24,53 @@ bool Overlap(const Tensor& a, const Tensor& b) {
   return a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
 }
 
-// Segments lie inside [0, tokens), do not overlap, and use distinct slots in
-// [0, num_slots): each sequence's state is then read and written by exactly one task.
-absl::Status CheckSequences(absl::string_view op,
-                            absl::Span<const LinearAttentionSequence> sequences, int64_t tokens,
-                            int64_t num_slots) {
-  std::vector<std::pair<int64_t, int64_t>> segments;  // (start, end) of non-empty segments
-  std::vector<int32_t> slots;
-  segments.reserve(sequences.size());
-  slots.reserve(sequences.size());
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    const LinearAttentionSequence& s = sequences[i];
-    const int64_t end = static_cast<int64_t>(s.start) + s.length;
-    if (s.start < 0 || s.length < 0 || end > tokens) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": sequence ", i, " covers rows [",
-                                                     s.start, ", ", end, ") outside [0, ", tokens,
-                                                     ")"));
-    }
-    if (s.state_slot < 0 || s.state_slot >= num_slots) {
-      return absl::OutOfRangeError(absl::StrCat(op, ": sequence ", i, " uses state slot ",
-                                                s.state_slot, " outside [0, ", num_slots, ")"));
-    }
-    if (s.length > 0) segments.emplace_back(s.start, end);
-    slots.push_back(s.state_slot);
-  }
-  std::sort(segments.begin(), segments.end());
-  for (size_t i = 1; i < segments.size(); ++i) {
-    if (segments[i].first < segments[i - 1].second) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": overlapping sequence segments"));
-    }
-  }
-  std::sort(slots.begin(), slots.end());
-  if (std::adjacent_find(slots.begin(), slots.end()) != slots.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": two sequences of one batch share a state slot"));
+// The four i32 [S] tensors of a batch, on `device`.
+absl::Status CheckBatch(absl::string_view op, const LinearAttentionBatch& batch, Device device) {
+  for (const Tensor* t : {&batch.start, &batch.length, &batch.state_slot, &batch.zero_initial_state}) {
+    if (!t->defined()) return Expect(false, op, "undefined sequence tensor");
+    SLUICE_RETURN_IF_ERROR(Expect(t->device() == device, op, "sequence tensors on another device"));
+    SLUICE_RETURN_IF_ERROR(Expect(t->dtype() == DType::kI32 && t->rank() == 1 &&
+                                      t->numel() == batch.start.numel(),
+                                  op, "sequence tensors must be i32 [S]"));
   }
   return absl::OkStatus();
 }
 
-}  // namespace
+// The host sequences as a LinearAttentionBatch on `device` (counted host-to-device
+// transfers). Only the deprecated span forms use it, off the CPU.
+absl::StatusOr<LinearAttentionBatch> Upload(absl::string_view op,
+                                            absl::Span<const LinearAttentionSequence> sequences,
+                                            Device device) {
+  const int64_t count = static_cast<int64_t>(sequences.size());
+  std::vector<int32_t> host(4 * count);
+  for (int64_t i = 0; i < count; ++i) {
+    host[i] = sequences[i].start;
+    host[count + i] = sequences[i].length;
+    host[2 * count + i] = sequences[i].state_slot;
+    host[3 * count + i] = sequences[i].zero_initial_state ? 1 : 0;
+  }
+  auto allocated = Tensor::Empty({4, count}, DType::kI32, device);
+  absl::Status s = allocated.ok() ? CopyFromHost(host.data(), &*allocated) : allocated.status();
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(op, " on ", DeviceName(device),
+                                                ": cannot upload its metadata: ", s.message()));
+  }
+  const Tensor& packed = *allocated;
+  LinearAttentionBatch batch;
+  SLUICE_ASSIGN_OR_RETURN(batch.start, packed.Rows(0, 1).Reshape({count}));
+  SLUICE_ASSIGN_OR_RETURN(batch.length, packed.Rows(1, 1).Reshape({count}));
+  SLUICE_ASSIGN_OR_RETURN(batch.state_slot, packed.Rows(2, 1).Reshape({count}));
+  SLUICE_ASSIGN_OR_RETURN(batch.zero_initial_state, packed.Rows(3, 1).Reshape({count}));
+  return batch;
+}
 
-absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
-                              absl::Span<const LinearAttentionSequence> sequences,
-                              Tensor* conv_state, Tensor* y) {
-  constexpr absl::string_view kOp = "CausalConv1dSilu";
+constexpr absl::string_view kConv = "CausalConv1dSilu";
+constexpr absl::string_view kDeltaRule = "GatedDeltaRule";
+
+absl::Status CheckConv(const Tensor& x, const Tensor& weight, Tensor* conv_state, Tensor* y) {
+  constexpr absl::string_view kOp = kConv;
   if (conv_state == nullptr || y == nullptr) return Expect(false, kOp, "null output");
-  SLUICE_RETURN_IF_ERROR(SameDeviceF32(kOp, {&x, &weight, conv_state, y}));
+  SLUICE_RETURN_IF_ERROR(CheckDevicesF32(kOp, {&x, &weight, conv_state, y}));
   SLUICE_RETURN_IF_ERROR(
       Expect(x.rank() == 2 && y->shape() == x.shape(), kOp, "x and y must be [T, C] of one shape"));
   SLUICE_RETURN_IF_ERROR(
@@ -82,21 +85,18 @@ absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
                    "], got ", ShapeString(conv_state->shape()))));
   // y may be x itself (the body handles that) but no other overlap.
   const bool in_place = y->raw() == x.raw();
-  SLUICE_RETURN_IF_ERROR(Expect((in_place || !Overlap(x, *y)) && !Overlap(*conv_state, x) &&
-                                    !Overlap(*conv_state, *y) && !Overlap(weight, *y) &&
-                                    !Overlap(weight, *conv_state),
-                                kOp, "outputs overlap the inputs (only y == x is allowed)"));
-  SLUICE_RETURN_IF_ERROR(CheckSequences(kOp, sequences, x.dim(0), conv_state->dim(0)));
-  cpu::CausalConv1dSilu(x, weight, sequences, conv_state, y);
-  return absl::OkStatus();
+  return Expect((in_place || !Overlap(x, *y)) && !Overlap(*conv_state, x) &&
+                    !Overlap(*conv_state, *y) && !Overlap(weight, *y) &&
+                    !Overlap(weight, *conv_state),
+                kOp, "outputs overlap the inputs (only y == x is allowed)");
 }
 
-absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                            const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
-                            Tensor* state, Tensor* out, GatedDeltaRuleMode mode) {
-  constexpr absl::string_view kOp = "GatedDeltaRule";
+absl::Status CheckDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                            const Tensor& beta, Tensor* state, Tensor* out,
+                            GatedDeltaRuleMode mode) {
+  constexpr absl::string_view kOp = kDeltaRule;
   if (state == nullptr || out == nullptr) return Expect(false, kOp, "null output");
-  SLUICE_RETURN_IF_ERROR(SameDeviceF32(kOp, {&q, &k, &v, &g, &beta, state, out}));
+  SLUICE_RETURN_IF_ERROR(CheckDevicesF32(kOp, {&q, &k, &v, &g, &beta, state, out}));
   SLUICE_RETURN_IF_ERROR(
       Expect(q.rank() == 3 && k.shape() == q.shape() && v.rank() == 3 && v.dim(0) == q.dim(0), kOp,
              "q, k must be [T, H_k, d_k] and v [T, H_v, d_v]"));
@@ -124,26 +124,64 @@ absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, c
   }
   SLUICE_RETURN_IF_ERROR(
       Expect(!Overlap(*out, *state), kOp, "out and state must not overlap each other"));
-  SLUICE_RETURN_IF_ERROR(Expect(mode == GatedDeltaRuleMode::kAuto ||
-                                    mode == GatedDeltaRuleMode::kRecurrent ||
-                                    mode == GatedDeltaRuleMode::kChunked,
-                                kOp, "unknown mode"));
-  SLUICE_RETURN_IF_ERROR(CheckSequences(kOp, sequences, tokens, state->dim(0)));
-  cpu::GatedDeltaRule(q, k, v, g, beta, sequences, state, out, mode);
-  return absl::OkStatus();
+  return Expect(mode == GatedDeltaRuleMode::kAuto || mode == GatedDeltaRuleMode::kRecurrent ||
+                    mode == GatedDeltaRuleMode::kChunked,
+                kOp, "unknown mode");
+}
+
+}  // namespace
+
+absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
+                              const LinearAttentionBatch& batch, Tensor* conv_state, Tensor* y) {
+  SLUICE_RETURN_IF_ERROR(CheckConv(x, weight, conv_state, y));
+  SLUICE_RETURN_IF_ERROR(CheckBatch(kConv, batch, x.device()));
+  return SLUICE_DEVICE_DISPATCH(x.device(),
+                                CausalConv1dSiluBody<D>(x, weight, batch, conv_state, y));
+}
+
+absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
+                              absl::Span<const LinearAttentionSequence> sequences,
+                              Tensor* conv_state, Tensor* y) {
+  SLUICE_RETURN_IF_ERROR(CheckConv(x, weight, conv_state, y));
+  if (x.device() == Device::kCpu) {
+    // The CPU body reads host metadata as is: no tensors to build.
+    return cpu::CausalConv1dSiluChecked(x, weight, sequences, conv_state, y);
+  }
+  SLUICE_ASSIGN_OR_RETURN(LinearAttentionBatch batch, Upload(kConv, sequences, x.device()));
+  return CausalConv1dSilu(x, weight, batch, conv_state, y);
+}
+
+absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                            const Tensor& beta, const LinearAttentionBatch& batch, Tensor* state,
+                            Tensor* out, GatedDeltaRuleMode mode) {
+  SLUICE_RETURN_IF_ERROR(CheckDeltaRule(q, k, v, g, beta, state, out, mode));
+  SLUICE_RETURN_IF_ERROR(CheckBatch(kDeltaRule, batch, q.device()));
+  return SLUICE_DEVICE_DISPATCH(q.device(),
+                                GatedDeltaRuleBody<D>(q, k, v, g, beta, batch, state, out, mode));
+}
+
+absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                            const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
+                            Tensor* state, Tensor* out, GatedDeltaRuleMode mode) {
+  SLUICE_RETURN_IF_ERROR(CheckDeltaRule(q, k, v, g, beta, state, out, mode));
+  if (q.device() == Device::kCpu) {
+    // The CPU body reads host metadata as is: no tensors to build.
+    return cpu::GatedDeltaRuleChecked(q, k, v, g, beta, sequences, state, out, mode);
+  }
+  SLUICE_ASSIGN_OR_RETURN(LinearAttentionBatch batch, Upload(kDeltaRule, sequences, q.device()));
+  return GatedDeltaRule(q, k, v, g, beta, batch, state, out, mode);
 }
 
 absl::Status GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps,
                           Tensor* out) {
   constexpr absl::string_view kOp = "GatedRmsNorm";
   if (out == nullptr) return Expect(false, kOp, "null output");
-  SLUICE_RETURN_IF_ERROR(SameDeviceF32(kOp, {&x, &z, &weight, out}));
+  SLUICE_RETURN_IF_ERROR(CheckDevicesF32(kOp, {&x, &z, &weight, out}));
   SLUICE_RETURN_IF_ERROR(Expect(x.rank() >= 1 && x.dim(-1) > 0 && z.shape() == x.shape() &&
                                     out->shape() == x.shape() && weight.numel() == x.dim(-1),
                                 kOp, "x, z, out must share a shape [..., D] and weight be [D]"));
   SLUICE_RETURN_IF_ERROR(Expect(eps >= 0.f, kOp, "eps must be >= 0"));
-  cpu::GatedRmsNorm(x, z, weight, eps, out);
-  return absl::OkStatus();
+  return SLUICE_DEVICE_DISPATCH(out->device(), GatedRmsNormBody<D>(x, z, weight, eps, out));
 }
 
 }  // namespace sluice::kernels

@@ -5,8 +5,9 @@
 // The math follows /work/shared/notes/architectures.md ("Gated DeltaNet") and Hugging
 // Face transformers' qwen3_next module (causal_conv1d_update, torch_chunk_gated_delta_rule,
 // torch_recurrent_gated_delta_rule, l2norm, Qwen3NextRMSNormGated), which the tests use as
-// the oracle. gated_delta_net.cc checks arguments and dispatches; cpu/gated_delta_net_cpu.cc
-// holds the reference bodies.
+// the oracle. gated_delta_net.cc checks shapes, dtypes and devices and dispatches on the
+// device (kernels/dispatch.h); cpu/gated_delta_net_cpu.cc holds the reference bodies, which
+// also check the sequence metadata (segments, slots: contents the neutral half never reads).
 //
 // Batches are ragged: the tokens of all sequences are packed back to back along dim 0,
 // and each sequence owns one slot of the persistent state tensors (the conv tail and the
@@ -36,6 +37,18 @@ struct LinearAttentionSequence {
   bool zero_initial_state = false;
 };
 
+// The sequences of a ragged linear-attention batch as tensors on the compute device,
+// packed once per step: sequence s is LinearAttentionSequence{start[s], length[s],
+// state_slot[s], zero_initial_state[s] != 0}. The same rules hold (segments inside
+// [0, T) and disjoint, slots distinct and inside the state tensor); the body checks
+// them, since they are tensor contents.
+struct LinearAttentionBatch {
+  Tensor start;               // i32 [S]
+  Tensor length;              // i32 [S]
+  Tensor state_slot;          // i32 [S]
+  Tensor zero_initial_state;  // i32 [S], non-zero for a new sequence
+};
+
 // Depthwise causal conv1d over C channels with kernel size K (no bias), then SiLU:
 //   y[t, c] = silu( Σ_{j=0}^{K-1} w[c, j] · xpad[t + j, c] ),  xpad = [state (K-1 rows); x]
 // per sequence, which is transformers' causal_conv1d_update (and causal_conv1d_fn with
@@ -46,6 +59,10 @@ struct LinearAttentionSequence {
 //   conv_state: f32 [num_slots, C, K-1]   column K-2 is the newest input (HF keeps K
 //                                         columns; the oldest one never reaches an output)
 //   y:          f32 [T, C]; may be the same tensor as x (in place).
+absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
+                              const LinearAttentionBatch& batch, Tensor* conv_state, Tensor* y);
+// Host-metadata form, kept so that existing callers compile; to be removed once the
+// engine uploads a LinearAttentionBatch. Same body, same bits.
 absl::Status CausalConv1dSilu(const Tensor& x, const Tensor& weight,
                               absl::Span<const LinearAttentionSequence> sequences,
                               Tensor* conv_state, Tensor* y);
@@ -72,6 +89,11 @@ inline constexpr int kGatedDeltaRuleChunk = 64;
 //   state: f32 [num_slots, H_v, d_k, d_v]   read (unless zero_initial_state) and replaced
 //                                            by each sequence's final state
 //   out:   f32 [T, H_v, d_v]; must not alias the inputs.
+absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                            const Tensor& beta, const LinearAttentionBatch& batch, Tensor* state,
+                            Tensor* out, GatedDeltaRuleMode mode = GatedDeltaRuleMode::kAuto);
+// Host-metadata form, kept so that existing callers compile; to be removed once the
+// engine uploads a LinearAttentionBatch. Same body, same bits.
 absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                             const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
                             Tensor* state, Tensor* out,

@@ -14,8 +14,21 @@ namespace sluice::kernels {
 // INVALID_ARGUMENT "op: what" unless ok.
 absl::Status Expect(bool ok, absl::string_view op, absl::string_view what);
 
-// Every tensor defined and on one device, and that device has a kernel for op
-// (UNIMPLEMENTED otherwise).
+// Every tensor non-null, defined and on one device (INVALID_ARGUMENT otherwise). Whether
+// that device has a body is the dispatcher's answer (dispatch.h), not this check's.
+absl::Status CheckDevices(absl::string_view op, std::initializer_list<const Tensor*> tensors);
+
+// CheckDevices, after checking that every tensor is non-null, defined and f32.
+absl::Status CheckDevicesF32(absl::string_view op, std::initializer_list<const Tensor*> tensors);
+
+// For an optional tensor argument (e.g. head_skip, row_k): undefined is fine, otherwise it
+// must be on `device` with `dtype` and `numel` elements.
+absl::Status CheckOptional(absl::string_view op, absl::string_view name, const Tensor& t,
+                           Device device, DType dtype, int64_t numel);
+
+// CheckDevices, and the device must be the CPU (UNIMPLEMENTED "<op> has no <device>
+// kernel yet" otherwise): for ops that call cpu:: bodies directly instead of
+// dispatching through dispatch.h. New ops should dispatch.
 absl::Status SameDevice(absl::string_view op, std::initializer_list<const Tensor*> tensors);
 
 // SameDevice, after checking that every tensor is non-null, defined and f32.

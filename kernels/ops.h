@@ -1,5 +1,8 @@
 // Every compute op sluice runs, declared once. ops.cc checks shapes, dtypes and
-// devices and dispatches; cpu/*_cpu.cc hold the reference bodies, cuda/ the GPU ones.
+// devices (never tensor contents) and dispatches on the device (kernels/dispatch.h);
+// cpu/*_cpu.cc hold the reference bodies, cuda/ the GPU ones. A device without a body
+// for an op answers UNIMPLEMENTED "<op> has no <device> kernel yet". Checks that read
+// tensor contents (ids, positions, slots, rows, block ids in range) are the bodies'.
 // Ops know nothing of requests or models: they see tensors and ragged-batch metadata.
 #ifndef SLUICE_KERNELS_OPS_H_
 #define SLUICE_KERNELS_OPS_H_
@@ -43,17 +46,21 @@ class Linear {
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
   DType weight_dtype() const { return weight_dtype_; }
+  // The device whose GEMM runs Forward (where the packed weight lives).
+  Device device() const { return device_; }
   // Bytes of packed weight one forward pass reads.
   size_t weight_bytes() const { return static_cast<size_t>(in_features_) * out_features_ * DTypeSize(weight_dtype_); }
 
  protected:
-  Linear(int64_t in, int64_t out, DType dtype)
-      : in_features_(in), out_features_(out), weight_dtype_(dtype) {}
-  // The backend's GEMM, called with shapes already checked and M > 0.
+  Linear(int64_t in, int64_t out, DType dtype, Device device = Device::kCpu)
+      : in_features_(in), out_features_(out), weight_dtype_(dtype), device_(device) {}
+  // The backend's GEMM, called with shapes and devices already checked and M > 0.
+  // Create dispatches on the device once; the object it returns is that device's body.
   virtual absl::Status Run(const Tensor& x, Tensor* y) = 0;
   int64_t in_features_;
   int64_t out_features_;
   DType weight_dtype_;
+  Device device_;
 };
 
 // Stacks several [N_i, K] weights into one [ΣN_i, K] weight (e.g. q|k|v or gate|up),
@@ -94,9 +101,14 @@ absl::Status ClampInPlace(float limit, Tensor* x);
 // Mixture-of-experts routing, in f32: p = softmax(logits[t, :]); keep the k largest
 // (ties to the lower expert id); renormalise them to sum 1 when asked.
 // logits: f32 [T, E]; experts: i32 [T, k]; weights: f32 [T, k].
-// row_k (host, empty or [T]): a per-row top-k in [1, k] (a request's experts_per_token);
-// row t keeps its row_k[t] largest, renormalised over those, and its entries past
-// row_k[t] get expert −1 and weight 0.
+// row_k (i32 [T] on the logits' device, or undefined): a per-row top-k in [1, k] (a
+// request's experts_per_token); row t keeps its row_k[t] largest, renormalised over
+// those, and its entries past row_k[t] get expert −1 and weight 0. A row_k outside
+// [1, k] is INVALID_ARGUMENT (checked by the body: it reads the contents).
+absl::Status RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
+                       Tensor* weights, const Tensor& row_k);
+// Host-span form (empty or [T]), kept so that existing callers compile; to be removed
+// once the engine passes row_k as a tensor. Same body, same bits.
 absl::Status RouteTopK(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
                        Tensor* weights, absl::Span<const int32_t> row_k = {});
 
@@ -121,6 +133,17 @@ absl::Status AddBiasInPlace(const Tensor& bias, Tensor* x);
 // x += y, elementwise, same shape.
 absl::Status AddInPlace(const Tensor& y, Tensor* x);
 
+// Every element of x (f32) set to value: a ones vector, a zero accumulator, on the
+// device, instead of building it on the host and uploading it.
+absl::Status FillConstant(float value, Tensor* x);
+
+// The attention-gate floor as a device mask:
+//   mask[t, h] = 1 if row_floor[t] > 0 and head_gate_mean[t, h] < row_floor[t], else 0.
+// head_gate_mean: f32 [T, H] (SigmoidGroupMean of the output gate); row_floor: f32 [T],
+// 0 (or less) for rows without a floor; mask: i32 [T, H], the head_skip of
+// PagedAttention. An all-zero mask skips nothing, as no mask does.
+absl::Status HeadSkipMask(const Tensor& head_gate_mean, const Tensor& row_floor, Tensor* mask);
+
 // Rows of a ragged batch, picked by index: out[i] = x[rows[i]].
 absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor* out);
 
@@ -140,12 +163,30 @@ struct AttentionSequence {
   const int32_t* block_table = nullptr;
 };
 
+// The sequences of a ragged attention batch as tensors on the compute device, packed
+// once per step. Sequence s has query rows [query_start[s], query_start[s + 1]) of q,
+// the last ones of a context of context_len[s] tokens whose K/V are in the cache, found
+// through row s of block_tables (ceil(context_len[s] / block_size) leading entries are
+// used; the rest of the row is padding, -1 by convention).
+struct AttentionBatch {
+  Tensor query_start;   // i32 [S + 1], non-decreasing (row offsets, usually from 0)
+  Tensor context_len;   // i32 [S]
+  Tensor block_tables;  // i32 [S, max_blocks]
+};
+
 // Causal softmax attention with GQA over a paged cache:
 //   out[t, h] = softmax(scale · q[t, h] · K_{g(h)}ᵀ, causal) · V_{g(h)}
 // q, out: f32 [T, H_q, d]; H_q must be a multiple of H_kv.
-// head_skip (host, empty or [T, H_q]): a non-zero entry skips that (token, head): its
-// output is zero and nothing is read for it, so a KV group whose query heads are all
-// skipped for a token is never read for that token (attention-gate floor).
+// head_skip (i32 [T, H_q] on the device, or undefined): a non-zero entry skips that
+// (token, head): its output is zero and nothing is read for it, so a KV group whose
+// query heads are all skipped for a token is never read for that token (attention-gate
+// floor; HeadSkipMask makes it). Bad metadata (rows outside q, a query longer than its
+// context, block ids outside the cache or past max_blocks) is reported by the body.
+absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            const AttentionBatch& batch, float scale, Tensor* out,
+                            const Tensor& head_skip = Tensor());
+// Host-metadata form (head_skip empty or [T, H_q]), kept so that existing callers
+// compile; to be removed once the engine uploads an AttentionBatch. Same body, same bits.
 absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             absl::Span<const AttentionSequence> sequences, float scale,
                             Tensor* out, absl::Span<const uint8_t> head_skip = {});

@@ -1,5 +1,6 @@
 #include "kernels/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -7,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/device_memory.h"
+#include "kernels/stream.h"
 
 namespace sluice::kernels {
 
@@ -124,6 +126,59 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 
 std::string Tensor::DebugString() const {
   return absl::StrCat(DTypeName(dtype_), ShapeString(shape_), "@", DeviceName(device()));
+}
+
+namespace {
+
+std::atomic<uint64_t> g_device_to_host{0};
+std::atomic<uint64_t> g_host_to_device{0};
+std::atomic<uint64_t> g_device_to_host_bytes{0};
+std::atomic<uint64_t> g_host_to_device_bytes{0};
+
+}  // namespace
+
+TransferCounts GetTransferCounts() {
+  TransferCounts c;
+  c.device_to_host = g_device_to_host.load(std::memory_order_relaxed);
+  c.host_to_device = g_host_to_device.load(std::memory_order_relaxed);
+  c.device_to_host_bytes = g_device_to_host_bytes.load(std::memory_order_relaxed);
+  c.host_to_device_bytes = g_host_to_device_bytes.load(std::memory_order_relaxed);
+  return c;
+}
+
+void ResetTransferCounts() {
+  g_device_to_host.store(0, std::memory_order_relaxed);
+  g_host_to_device.store(0, std::memory_order_relaxed);
+  g_device_to_host_bytes.store(0, std::memory_order_relaxed);
+  g_host_to_device_bytes.store(0, std::memory_order_relaxed);
+}
+
+absl::Status CopyToHost(const Tensor& src, void* dst) {
+  if (!src.defined()) return absl::InvalidArgumentError("CopyToHost: undefined tensor");
+  g_device_to_host.fetch_add(1, std::memory_order_relaxed);
+  g_device_to_host_bytes.fetch_add(src.bytes(), std::memory_order_relaxed);
+  if (src.device() == Device::kCpu) {
+    if (src.bytes() > 0) std::memcpy(dst, src.raw(), src.bytes());
+    return absl::OkStatus();
+  }
+  return CopyBytesOnStream(dst, Device::kCpu, src.raw(), src.device(), src.bytes(),
+                           CurrentStream(src.device()), /*wait=*/true);
+}
+
+absl::Status CopyFromHost(const void* src, Tensor* dst) {
+  if (dst == nullptr || !dst->defined()) {
+    return absl::InvalidArgumentError("CopyFromHost: undefined tensor");
+  }
+  g_host_to_device.fetch_add(1, std::memory_order_relaxed);
+  g_host_to_device_bytes.fetch_add(dst->bytes(), std::memory_order_relaxed);
+  if (dst->device() == Device::kCpu) {
+    if (dst->bytes() > 0) std::memcpy(dst->raw(), src, dst->bytes());
+    return absl::OkStatus();
+  }
+  // Queued on the stream: later ops on it see the data, and the host buffer may be reused
+  // as soon as this returns (the runtime stages pageable memory before returning).
+  return CopyBytesOnStream(dst->raw(), dst->device(), src, Device::kCpu, dst->bytes(),
+                           CurrentStream(dst->device()), /*wait=*/false);
 }
 
 float F16ToF32(uint16_t h) {

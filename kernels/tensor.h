@@ -10,7 +10,9 @@
 #include "absl/strings/string_view.h"
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 namespace sluice::kernels {
 
@@ -89,6 +91,55 @@ class Tensor {
 };
 
 std::string ShapeString(const std::vector<int64_t>& shape);
+
+// Counted transfers between the host and a tensor's device. Engine code moves data in
+// and out of a step through these, never through raw CopyBytes (device_memory.h), so a
+// test can count the synchronisation points of a forward pass: every call counts one
+// transfer, even when the device is the CPU and the copy is a memcpy, because on a GPU
+// that call site is where the host would wait (device to host) or upload (host to device).
+// CopyToHost orders the copy after the work queued on the device's current stream
+// (stream.h) and returns when the bytes are on the host.
+struct TransferCounts {
+  uint64_t device_to_host = 0;  // calls of CopyToHost
+  uint64_t host_to_device = 0;  // calls of CopyFromHost
+  uint64_t device_to_host_bytes = 0;
+  uint64_t host_to_device_bytes = 0;
+};
+// Process-wide, relaxed atomics: read them around a region with no other step running.
+TransferCounts GetTransferCounts();
+void ResetTransferCounts();
+
+// dst: src.bytes() bytes of host memory.
+absl::Status CopyToHost(const Tensor& src, void* dst);
+// src: dst->bytes() bytes of host memory.
+absl::Status CopyFromHost(const void* src, Tensor* dst);
+
+// Typed conveniences: the element size must match the tensor's dtype.
+template <typename T>
+absl::Status CopyToHost(const Tensor& src, std::vector<T>* dst) {
+  if (!src.defined() || sizeof(T) != DTypeSize(src.dtype())) {
+    return absl::InvalidArgumentError("CopyToHost: element size does not match the tensor's dtype");
+  }
+  dst->resize(static_cast<size_t>(src.numel()));
+  return CopyToHost(src, static_cast<void*>(dst->data()));
+}
+template <typename T>
+absl::Status CopyFromHost(absl::Span<const T> src, Tensor* dst) {
+  if (dst == nullptr || !dst->defined() || sizeof(T) != DTypeSize(dst->dtype()) ||
+      static_cast<int64_t>(src.size()) != dst->numel()) {
+    return absl::InvalidArgumentError("CopyFromHost: size or element size does not match the tensor");
+  }
+  return CopyFromHost(static_cast<const void*>(src.data()), dst);
+}
+// A new tensor of `shape` on `device` holding `values` (one counted upload).
+template <typename T>
+absl::StatusOr<Tensor> TensorFromHost(absl::Span<const T> values, std::vector<int64_t> shape,
+                                      DType dtype, Device device) {
+  auto t = Tensor::Empty(std::move(shape), dtype, device);
+  if (!t.ok()) return t.status();
+  if (auto s = CopyFromHost(values, &*t); !s.ok()) return s;
+  return t;
+}
 
 // bf16 <-> f32 helpers (round to nearest even, NaN kept quiet).
 inline float Bf16ToF32(uint16_t v) {

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/device_batch.h"
 #include "kernels/device_memory.h"
 #include "kernels/status_macros.h"
 
@@ -20,7 +21,10 @@ absl::StatusOr<StepBudgets> StepBudgets::Create(const ForwardBatch& batch, bool 
     if (batch.budgets.size() != batch.sequences.size()) {
       return absl::InvalidArgumentError("ForwardBatch: budgets must be empty or one per sequence");
     }
-    for (const SequenceBudget* b : batch.budgets) out.any_ = out.any_ || (b != nullptr && !b->empty());
+    for (const SequenceBudget* b : batch.budgets) {
+      out.any_ = out.any_ || (b != nullptr && !b->empty());
+      out.any_gate_floor_ = out.any_gate_floor_ || (b != nullptr && b->attention_gate_floor > 0.f);
+    }
   }
   const int32_t tokens = batch.num_tokens();
   if (out.any_ || has_residual_gates) {
@@ -48,6 +52,12 @@ const SequenceBudget* StepBudgets::of(int32_t s) const {
 }
 
 namespace {
+
+absl::StatusOr<Tensor> IdsTensor(const std::vector<int32_t>& v, kernels::Device device) {
+  SLUICE_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32, device));
+  SLUICE_RETURN_IF_ERROR(kernels::CopyFromHost(v.data(), &t));
+  return t;
+}
 
 // A branch's input rows picked from the batch, with the metadata its mixer needs. The
 // struct owns the ForwardBatch its StepTensors points to, so it is never moved.
@@ -94,14 +104,12 @@ absl::StatusOr<std::unique_ptr<SubStep>> MakeSubStep(const StepTensors& full,
     }
     i = j;
   }
-  auto to_device = [&](const std::vector<int32_t>& v) -> absl::StatusOr<Tensor> {
-    SLUICE_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32, device));
-    SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(t.raw(), device, v.data(), kernels::Device::kCpu, v.size() * 4));
-    return t;
-  };
-  SLUICE_ASSIGN_OR_RETURN(sub->row_ids, to_device(rows));
-  SLUICE_ASSIGN_OR_RETURN(sub->step.positions, to_device(out.positions));
-  SLUICE_ASSIGN_OR_RETURN(sub->step.slot_mapping, to_device(out.slot_mapping));
+  SLUICE_ASSIGN_OR_RETURN(sub->row_ids, IdsTensor(rows, device));
+  SLUICE_ASSIGN_OR_RETURN(const DeviceBatch meta, DeviceBatch::Upload(out, full.kv_cache->shape().block_size, device));
+  sub->step.positions = meta.positions;
+  sub->step.slot_mapping = meta.slot_mapping;
+  sub->step.attention = meta.attention;
+  sub->step.linear = meta.linear;
   sub->step.batch = &sub->batch;
   sub->step.kv_cache = full.kv_cache;
   sub->step.state_cache = full.state_cache;
@@ -114,11 +122,6 @@ absl::StatusOr<Tensor> Gather(const Tensor& x, const Tensor& row_ids) {
   return out;
 }
 
-absl::StatusOr<Tensor> IdsTensor(const std::vector<int32_t>& v, kernels::Device device) {
-  SLUICE_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32, device));
-  SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(t.raw(), device, v.data(), kernels::Device::kCpu, v.size() * 4));
-  return t;
-}
 
 }  // namespace
 
@@ -196,7 +199,9 @@ absl::Status ResidualBranchRunner::Run(const ResidualBranch& branch, const StepB
       SLUICE_ASSIGN_OR_RETURN(Tensor imp, Tensor::Empty({n_active, 1}, DType::kF32, device));
       SLUICE_RETURN_IF_ERROR(kernels::SigmoidGroupMean(gate_logits, &imp));
       importance.resize(n_active);
-      SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(importance.data(), kernels::Device::kCpu, imp.raw(), device, imp.bytes()));
+      // The one device-to-host copy a GateSkip branch needs: which rows it keeps decides
+      // the shapes of everything after it.
+      SLUICE_RETURN_IF_ERROR(kernels::CopyToHost(imp, importance.data()));
       if (importance_sink_ != nullptr) {
         auto& sink = (*importance_sink_)[li][br];
         sink.insert(sink.end(), importance.begin(), importance.end());
@@ -287,6 +292,7 @@ absl::Status ResidualBranchRunner::Run(const ResidualBranch& branch, const StepB
     // Costs are only kept for budgeted sequences; the counters of the others are dropped
     // by the caller, so no row needs filtering here.
     if (costs == nullptr) controls.costs = nullptr;
+    if (controls.costs != nullptr && !controls.gate_floor.empty()) controls.head_skips = head_skips_;
     controls_ptr = &controls;
   }
 
@@ -329,8 +335,7 @@ absl::Status ResidualBranchRunner::Run(const ResidualBranch& branch, const StepB
   }
   // x[r] += 1 · y: the same sum as AddInPlace, row by row.
   SLUICE_ASSIGN_OR_RETURN(Tensor ones, Tensor::Empty({static_cast<int64_t>(kept.size())}, DType::kF32, device));
-  std::vector<float> host_ones(kept.size(), 1.f);
-  SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(ones.raw(), device, host_ones.data(), kernels::Device::kCpu, host_ones.size() * 4));
+  SLUICE_RETURN_IF_ERROR(kernels::FillConstant(1.f, &ones));
   return kernels::ScaledScatterAdd(ys, sub->row_ids, ones, x);
 }
 

@@ -48,10 +48,13 @@ class StepBudgets {
   const SequenceBudget* of(int32_t sequence) const;
   // [T] sequence of each row; empty unless any() or the model has gates.
   const std::vector<int32_t>& row_sequence() const { return row_sequence_; }
+  // Some sequence has an attention-gate floor.
+  bool any_gate_floor() const { return any_gate_floor_; }
 
  private:
   const ForwardBatch* batch_ = nullptr;
   bool any_ = false;
+  bool any_gate_floor_ = false;
   std::vector<int32_t> row_sequence_;
 };
 
@@ -59,9 +62,10 @@ class ResidualBranchRunner {
  public:
   // thresholds: GateSkip decode thresholds (may be empty: decode never skips).
   // importance_sink: when set (calibration), every row's importance per (layer, branch).
+  // head_skips: where attention layers record their head-skip masks (null: not counted).
   ResidualBranchRunner(const GateSkipThresholds* thresholds,
-                       GateSkipThresholds::Importances* importance_sink)
-      : thresholds_(thresholds), importance_sink_(importance_sink) {}
+                       GateSkipThresholds::Importances* importance_sink, HeadSkipRecorder* head_skips)
+      : thresholds_(thresholds), importance_sink_(importance_sink), head_skips_(head_skips) {}
 
   // x[r] += gate_r ⊙ f(normed)[r] for the rows r that run the branch (gate_r = 1 without
   // a residual gate); see the definition for which rows skip. branch_out: f32 [T, hidden]
@@ -73,6 +77,7 @@ class ResidualBranchRunner {
  private:
   const GateSkipThresholds* thresholds_;
   GateSkipThresholds::Importances* importance_sink_;
+  HeadSkipRecorder* head_skips_;
 };
 
 }  // namespace sluice::engine

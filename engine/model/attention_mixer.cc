@@ -115,33 +115,23 @@ absl::Status AttentionMixer::Forward(const StepTensors& step, const Tensor& x, T
   Tensor& k_cache = step.kv_cache->key(cache_layer_);
   Tensor& v_cache = step.kv_cache->value(cache_layer_);
   SLUICE_RETURN_IF_ERROR(kernels::WriteKvCache(k, v, step.slot_mapping, &k_cache, &v_cache));
-  // Attention-gate floor: decide per (token, head) from the output gate, before attention.
-  std::vector<uint8_t> head_skip;
+  // Attention-gate floor: decide per (token, head) from the output gate, before
+  // attention, as a device mask PagedAttention reads (no host round trip).
+  Tensor head_skip;
   const RowControls* controls = step.controls;
   if (controls != nullptr && output_gate_ && !controls->gate_floor.empty()) {
     SLUICE_ASSIGN_OR_RETURN(Tensor means, Tensor::Empty({tokens, num_heads_}, DType::kF32, device));
     SLUICE_RETURN_IF_ERROR(kernels::SigmoidGroupMean(gate, &means));
-    std::vector<float> host(tokens * num_heads_);
-    SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(host.data(), kernels::Device::kCpu, means.raw(), device, means.bytes()));
-    head_skip.assign(tokens * num_heads_, 0);
-    bool any = false;
-    for (int64_t t = 0; t < tokens; ++t) {
-      const float floor = controls->gate_floor[t];
-      if (floor <= 0.f) continue;
-      const double attend = 4.0 * (step.batch->positions[t] + 1) * head_dim_;
-      SequenceCost* cost = controls->costs ? &(*controls->costs)[controls->row_sequence[t]] : nullptr;
-      for (int64_t hd = 0; hd < num_heads_; ++hd) {
-        if (host[t * num_heads_ + hd] < floor) {
-          head_skip[t * num_heads_ + hd] = 1;
-          any = true;
-          if (cost != nullptr) {
-            ++cost->heads_skipped;
-            cost->saved_flops += attend;
-          }
-        }
-      }
+    SLUICE_ASSIGN_OR_RETURN(Tensor floors, Tensor::Empty({tokens}, DType::kF32, device));
+    SLUICE_RETURN_IF_ERROR(kernels::CopyFromHost(controls->gate_floor.data(), &floors));
+    if (controls->head_skips != nullptr) {
+      std::vector<double> attended(tokens);
+      for (int64_t t = 0; t < tokens; ++t) attended[t] = 4.0 * (step.batch->positions[t] + 1) * head_dim_;
+      SLUICE_ASSIGN_OR_RETURN(head_skip, controls->head_skips->NextMask(controls->row_sequence, std::move(attended)));
+    } else {
+      SLUICE_ASSIGN_OR_RETURN(head_skip, Tensor::Empty({tokens, num_heads_}, DType::kI32, device));
     }
-    if (!any) head_skip.clear();
+    SLUICE_RETURN_IF_ERROR(kernels::HeadSkipMask(means, floors, &head_skip));
   }
   if (controls != nullptr && controls->costs != nullptr) {
     for (int64_t t = 0; t < tokens; ++t) {
@@ -149,7 +139,7 @@ absl::Status AttentionMixer::Forward(const StepTensors& step, const Tensor& x, T
     }
   }
   SLUICE_ASSIGN_OR_RETURN(Tensor attn, Tensor::Empty({tokens, num_heads_, head_dim_}, DType::kF32, device));
-  SLUICE_RETURN_IF_ERROR(kernels::PagedAttention(q, k_cache, v_cache, step.batch->sequences,
+  SLUICE_RETURN_IF_ERROR(kernels::PagedAttention(q, k_cache, v_cache, step.attention,
                                                  1.0f / std::sqrt(static_cast<float>(head_dim_)),
                                                  &attn, head_skip));
   SLUICE_ASSIGN_OR_RETURN(Tensor attn2d, attn.Reshape({tokens, q_width}));

@@ -10,11 +10,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/budget/head_skip_recorder.h"
 #include "engine/cache/kv_cache.h"
 #include "engine/cache/state_cache.h"
 #include "engine/config/model_config.h"
 #include "engine/model/forward_batch.h"
 #include "engine/weights/checkpoint.h"
+#include "kernels/gated_delta_net.h"
 #include "kernels/ops.h"
 
 namespace sluice::engine {
@@ -26,14 +28,19 @@ struct RowControls {
   std::vector<SequenceCost>* costs = nullptr;  // per sequence of the full batch
   std::vector<int32_t> experts;                // [rows] or empty: MoE k per row, 0 = model's
   std::vector<float> gate_floor;               // [rows] or empty: attention-gate floor per row
+  // Where attention layers leave their head-skip masks for the step's accounting (set
+  // with costs when some row has a gate floor).
+  HeadSkipRecorder* head_skips = nullptr;
 };
 
 // Device-side copies of the batch metadata, shared by every layer of one step (or, for
 // a branch run on a subset of the rows, describing just that subset).
 struct StepTensors {
-  const ForwardBatch* batch = nullptr;
-  kernels::Tensor positions;     // i32 [T]
-  kernels::Tensor slot_mapping;  // i32 [T]
+  const ForwardBatch* batch = nullptr;  // the host view, for shape-based accounting only
+  kernels::Tensor positions;            // i32 [T]
+  kernels::Tensor slot_mapping;         // i32 [T]
+  kernels::AttentionBatch attention;    // the sequences, for mixers that attend
+  kernels::LinearAttentionBatch linear; // the sequences, for recurrent mixers
   PagedKvCache* kv_cache = nullptr;
   RecurrentStateCache* state_cache = nullptr;  // null when the model has no linear layers
   const RowControls* controls = nullptr;       // null: dense

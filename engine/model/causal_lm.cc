@@ -5,9 +5,11 @@
 #include <filesystem>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/model/device_batch.h"
 #include "engine/model/feed_forward.h"
 #include "engine/weights/checkpoint.h"
 #include "kernels/device_memory.h"
@@ -118,29 +120,37 @@ absl::Status CausalLm::ForwardWithCosts(const ForwardBatch& batch, PagedKvCache*
     logits->clear();
     return absl::OkStatus();
   }
-  if (batch.positions.size() != batch.token_ids.size() ||
-      batch.slot_mapping.size() != batch.token_ids.size()) {
-    return absl::InvalidArgumentError("ForwardBatch: token, position and slot arrays differ in length");
-  }
-  auto to_device = [&](const std::vector<int32_t>& v) -> absl::StatusOr<Tensor> {
-    SLUICE_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32, device_));
-    SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(t.raw(), device_, v.data(), kernels::Device::kCpu, v.size() * 4));
-    return t;
-  };
-  StepTensors step;
-  step.batch = &batch;
-  step.kv_cache = kv_cache;
-  step.state_cache = state_cache;
   if (config_.NumLinearAttentionLayers() > 0 &&
       (state_cache == nullptr || batch.state_slots.size() != batch.sequences.size() ||
        batch.state_fresh.size() != batch.sequences.size())) {
     return absl::InvalidArgumentError("ForwardBatch: a hybrid model needs a state slot per sequence");
   }
+  // The step's metadata goes to the device in one copy.
+  std::optional<DeviceBatch> uploaded;
+  if (batch.device == nullptr) {
+    SLUICE_ASSIGN_OR_RETURN(uploaded, DeviceBatch::Upload(batch, kv_cache->shape().block_size, device_));
+  }
+  const DeviceBatch& meta = batch.device != nullptr ? *batch.device : *uploaded;
+  if (meta.token_ids.numel() != tokens || meta.logit_rows.numel() != static_cast<int64_t>(batch.logit_rows.size()) ||
+      meta.token_ids.device() != device_) {
+    return absl::InvalidArgumentError("ForwardBatch: its uploaded metadata describes another batch or device");
+  }
+  StepTensors step;
+  step.batch = &batch;
+  step.positions = meta.positions;
+  step.slot_mapping = meta.slot_mapping;
+  step.attention = meta.attention;
+  step.linear = meta.linear;
+  step.kv_cache = kv_cache;
+  step.state_cache = state_cache;
   SLUICE_ASSIGN_OR_RETURN(const StepBudgets budgets, StepBudgets::Create(batch, budget_caps_.residual_gates));
-  const ResidualBranchRunner branches(&thresholds_, importance_sink_);
-  SLUICE_ASSIGN_OR_RETURN(Tensor ids, to_device(batch.token_ids));
-  SLUICE_ASSIGN_OR_RETURN(step.positions, to_device(batch.positions));
-  SLUICE_ASSIGN_OR_RETURN(step.slot_mapping, to_device(batch.slot_mapping));
+  std::optional<HeadSkipRecorder> head_skips;
+  if (costs != nullptr && budgets.any_gate_floor() && budget_caps_.gated_attention) {
+    SLUICE_ASSIGN_OR_RETURN(head_skips, HeadSkipRecorder::Create(config_.NumAttentionLayers(), tokens,
+                                                                 config_.num_attention_heads, device_));
+  }
+  const ResidualBranchRunner branches(&thresholds_, importance_sink_, head_skips ? &*head_skips : nullptr);
+  const Tensor& ids = meta.token_ids;
 
   SLUICE_ASSIGN_OR_RETURN(Tensor x, Tensor::Empty({tokens, h}, DType::kF32, device_));
   SLUICE_RETURN_IF_ERROR(kernels::EmbeddingLookup(embed_tokens_, ids, &x));
@@ -159,14 +169,14 @@ absl::Status CausalLm::ForwardWithCosts(const ForwardBatch& batch, PagedKvCache*
   }
   // Only the rows that need logits go through the final norm and the LM head.
   const int64_t rows = static_cast<int64_t>(batch.logit_rows.size());
-  SLUICE_ASSIGN_OR_RETURN(Tensor row_ids, to_device(batch.logit_rows));
   SLUICE_ASSIGN_OR_RETURN(Tensor picked, Tensor::Empty({rows, h}, DType::kF32, device_));
-  SLUICE_RETURN_IF_ERROR(kernels::GatherRows(x, row_ids, &picked));
+  SLUICE_RETURN_IF_ERROR(kernels::GatherRows(x, meta.logit_rows, &picked));
   SLUICE_RETURN_IF_ERROR(kernels::RmsNorm(picked, final_norm_, eps, offset, &picked));
   SLUICE_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty({rows, config_.vocab_size}, DType::kF32, device_));
   SLUICE_RETURN_IF_ERROR(lm_head_->Forward(picked, &out));
+  if (head_skips) SLUICE_RETURN_IF_ERROR(head_skips->AddTo(costs));
   logits->resize(rows * config_.vocab_size);
-  return kernels::CopyBytes(logits->data(), kernels::Device::kCpu, out.raw(), device_, out.bytes());
+  return kernels::CopyToHost(out, logits->data());
 }
 
 std::vector<std::string> CausalLm::SupportedBudgetControls() const {

@@ -12,6 +12,8 @@
 
 namespace sluice::engine {
 
+struct DeviceBatch;  // device_batch.h
+
 struct ForwardBatch {
   std::vector<int32_t> token_ids;     // [T]
   std::vector<int32_t> positions;     // [T], position of each token in its sequence
@@ -29,6 +31,10 @@ struct ForwardBatch {
   // Per sequence (parallel to `sequences`, or empty): its compute budget; null or empty
   // means dense. When no sequence has a budget the forward pass is the dense one.
   std::vector<const SequenceBudget*> budgets;
+  // This batch's metadata already on the model's device (DeviceBatch::Upload), when the
+  // component that owns the step uploaded it (the model runner); null: the model
+  // uploads it itself at the start of the forward pass.
+  const DeviceBatch* device = nullptr;
 
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
 };

@@ -111,18 +111,7 @@ absl::Status GatedDeltaNetMixer::Forward(const StepTensors& step, const Tensor& 
   SLUICE_ASSIGN_OR_RETURN(Tensor b, columns(conv_dim + value_dim, hv));
   SLUICE_ASSIGN_OR_RETURN(Tensor a, columns(conv_dim + value_dim + hv, hv));
 
-  const ForwardBatch& batch = *step.batch;
-  std::vector<kernels::LinearAttentionSequence> sequences;
-  sequences.reserve(batch.sequences.size());
-  for (size_t i = 0; i < batch.sequences.size(); ++i) {
-    kernels::LinearAttentionSequence s;
-    s.start = batch.sequences[i].query_start;
-    s.length = batch.sequences[i].query_len;
-    s.state_slot = batch.state_slots[i];
-    s.zero_initial_state = batch.state_fresh[i] != 0;
-    sequences.push_back(s);
-  }
-  SLUICE_RETURN_IF_ERROR(kernels::CausalConv1dSilu(mixed, conv_weight_, sequences,
+  SLUICE_RETURN_IF_ERROR(kernels::CausalConv1dSilu(mixed, conv_weight_, step.linear,
                                                    &step.state_cache->conv(state_layer_), &mixed));
   SLUICE_ASSIGN_OR_RETURN(Tensor q2, Tensor::Empty({tokens, key_dim}, DType::kF32, device));
   SLUICE_ASSIGN_OR_RETURN(Tensor k2, Tensor::Empty({tokens, key_dim}, DType::kF32, device));
@@ -138,7 +127,7 @@ absl::Status GatedDeltaNetMixer::Forward(const StepTensors& step, const Tensor& 
   SLUICE_ASSIGN_OR_RETURN(Tensor beta, Tensor::Empty({tokens, hv}, DType::kF32, device));
   SLUICE_RETURN_IF_ERROR(kernels::DeltaRuleGates(a, b, a_log_, dt_bias_, &g, &beta));
   SLUICE_ASSIGN_OR_RETURN(Tensor o, Tensor::Empty({tokens, hv, dv}, DType::kF32, device));
-  SLUICE_RETURN_IF_ERROR(kernels::GatedDeltaRule(q, k, v, g, beta, sequences,
+  SLUICE_RETURN_IF_ERROR(kernels::GatedDeltaRule(q, k, v, g, beta, step.linear,
                                                  &step.state_cache->recurrent(state_layer_), &o));
   SLUICE_ASSIGN_OR_RETURN(Tensor z3, z.Reshape({tokens, hv, dv}));
   SLUICE_RETURN_IF_ERROR(kernels::GatedRmsNorm(o, z3, norm_weight_, eps_, &o));

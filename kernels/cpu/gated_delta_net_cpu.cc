@@ -13,7 +13,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/op_bodies.h"
+#include "kernels/status_macros.h"
 
 namespace sluice::kernels::cpu {
 namespace {
@@ -455,4 +460,105 @@ void GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float 
   }
 }
 
+namespace {
+
+// Segments lie inside [0, tokens), do not overlap, and use distinct slots in
+// [0, num_slots): each sequence's state is then read and written by exactly one task.
+absl::Status CheckSequences(absl::string_view op,
+                            absl::Span<const LinearAttentionSequence> sequences, int64_t tokens,
+                            int64_t num_slots) {
+  std::vector<std::pair<int64_t, int64_t>> segments;  // (start, end) of non-empty segments
+  std::vector<int32_t> slots;
+  segments.reserve(sequences.size());
+  slots.reserve(sequences.size());
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const LinearAttentionSequence& s = sequences[i];
+    const int64_t end = static_cast<int64_t>(s.start) + s.length;
+    if (s.start < 0 || s.length < 0 || end > tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": sequence ", i, " covers rows [",
+                                                     s.start, ", ", end, ") outside [0, ", tokens,
+                                                     ")"));
+    }
+    if (s.state_slot < 0 || s.state_slot >= num_slots) {
+      return absl::OutOfRangeError(absl::StrCat(op, ": sequence ", i, " uses state slot ",
+                                                s.state_slot, " outside [0, ", num_slots, ")"));
+    }
+    if (s.length > 0) segments.emplace_back(s.start, end);
+    slots.push_back(s.state_slot);
+  }
+  std::sort(segments.begin(), segments.end());
+  for (size_t i = 1; i < segments.size(); ++i) {
+    if (segments[i].first < segments[i - 1].second) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": overlapping sequence segments"));
+    }
+  }
+  std::sort(slots.begin(), slots.end());
+  if (std::adjacent_find(slots.begin(), slots.end()) != slots.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": two sequences of one batch share a state slot"));
+  }
+  return absl::OkStatus();
+}
+
+// A LinearAttentionBatch on the CPU, read back as host sequences.
+std::vector<LinearAttentionSequence> HostSequences(const LinearAttentionBatch& batch) {
+  const int64_t count = batch.start.numel();
+  std::vector<LinearAttentionSequence> sequences(count);
+  for (int64_t i = 0; i < count; ++i) {
+    sequences[i] = LinearAttentionSequence{batch.start.data<int32_t>()[i],
+                                           batch.length.data<int32_t>()[i],
+                                           batch.state_slot.data<int32_t>()[i],
+                                           batch.zero_initial_state.data<int32_t>()[i] != 0};
+  }
+  return sequences;
+}
+
+}  // namespace
+
+absl::Status CausalConv1dSiluChecked(const Tensor& x, const Tensor& weight,
+                                     absl::Span<const LinearAttentionSequence> sequences,
+                                     Tensor* conv_state, Tensor* y) {
+  SLUICE_RETURN_IF_ERROR(
+      CheckSequences("CausalConv1dSilu", sequences, x.dim(0), conv_state->dim(0)));
+  cpu::CausalConv1dSilu(x, weight, sequences, conv_state, y);
+  return absl::OkStatus();
+}
+
+absl::Status GatedDeltaRuleChecked(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& g, const Tensor& beta,
+                                   absl::Span<const LinearAttentionSequence> sequences,
+                                   Tensor* state, Tensor* out, GatedDeltaRuleMode mode) {
+  SLUICE_RETURN_IF_ERROR(CheckSequences("GatedDeltaRule", sequences, q.dim(0), state->dim(0)));
+  cpu::GatedDeltaRule(q, k, v, g, beta, sequences, state, out, mode);
+  return absl::OkStatus();
+}
+
 }  // namespace sluice::kernels::cpu
+
+// The dispatched CPU bodies (kernels/op_bodies.h).
+namespace sluice::kernels {
+
+template <>
+absl::Status CausalConv1dSiluBody<Device::kCpu>(const Tensor& x, const Tensor& weight,
+                                                const LinearAttentionBatch& batch,
+                                                Tensor* conv_state, Tensor* y) {
+  return cpu::CausalConv1dSiluChecked(x, weight, cpu::HostSequences(batch), conv_state, y);
+}
+
+template <>
+absl::Status GatedDeltaRuleBody<Device::kCpu>(const Tensor& q, const Tensor& k, const Tensor& v,
+                                              const Tensor& g, const Tensor& beta,
+                                              const LinearAttentionBatch& batch, Tensor* state,
+                                              Tensor* out, GatedDeltaRuleMode mode) {
+  return cpu::GatedDeltaRuleChecked(q, k, v, g, beta, cpu::HostSequences(batch), state, out,
+                                    mode);
+}
+
+template <>
+absl::Status GatedRmsNormBody<Device::kCpu>(const Tensor& x, const Tensor& z,
+                                            const Tensor& weight, float eps, Tensor* out) {
+  cpu::GatedRmsNorm(x, z, weight, eps, out);
+  return absl::OkStatus();
+}
+
+}  // namespace sluice::kernels

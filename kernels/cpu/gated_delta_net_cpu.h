@@ -1,8 +1,11 @@
-// CPU bodies of the ops in kernels/gated_delta_net.h. Called only from gated_delta_net.cc
-// after its checks, so they assume valid shapes, slots and segments.
+// CPU bodies of the ops in kernels/gated_delta_net.h. The dispatched bodies are the kCpu
+// specialisations in kernels/op_bodies.h; the *Checked functions check the sequences
+// (segments, slots) and run the plain bodies, which assume every check has passed. The
+// host-metadata and the tensor forms of an op share them, so they give the same bits.
 #ifndef SLUICE_KERNELS_CPU_GATED_DELTA_NET_CPU_H_
 #define SLUICE_KERNELS_CPU_GATED_DELTA_NET_CPU_H_
 
+#include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "kernels/gated_delta_net.h"
 #include "kernels/tensor.h"
@@ -15,6 +18,13 @@ void CausalConv1dSilu(const Tensor& x, const Tensor& weight,
 void GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                     const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
                     Tensor* state, Tensor* out, GatedDeltaRuleMode mode);
+absl::Status CausalConv1dSiluChecked(const Tensor& x, const Tensor& weight,
+                                     absl::Span<const LinearAttentionSequence> sequences,
+                                     Tensor* conv_state, Tensor* y);
+absl::Status GatedDeltaRuleChecked(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& g, const Tensor& beta,
+                                   absl::Span<const LinearAttentionSequence> sequences,
+                                   Tensor* state, Tensor* out, GatedDeltaRuleMode mode);
 void GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps, Tensor* out);
 
 }  // namespace sluice::kernels::cpu

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/op_bodies.h"
 
 namespace sluice::kernels::cpu {
 namespace {
@@ -137,3 +138,16 @@ absl::StatusOr<std::unique_ptr<Linear>> CreateLinear(const Tensor& weight) {
 }
 
 }  // namespace sluice::kernels::cpu
+
+namespace sluice::kernels {
+
+// Linear::Create's CPU body: the packed weight and its GEMM live on the CPU.
+template <>
+absl::StatusOr<std::unique_ptr<Linear>> CreateLinearBody<Device::kCpu>(const Tensor& weight) {
+  if (weight.device() != Device::kCpu) {
+    return absl::UnimplementedError("Linear: packing a weight from a GPU tensor to the CPU");
+  }
+  return cpu::CreateLinear(weight);
+}
+
+}  // namespace sluice::kernels

@@ -7,6 +7,11 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/op_bodies.h"
+#include "kernels/status_macros.h"
+
 namespace sluice::kernels::cpu {
 
 void EmbeddingLookup(const Tensor& table, const Tensor& ids, Tensor* out) {
@@ -227,9 +232,14 @@ void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, 
   }
 }
 
-void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
-                    absl::Span<const uint8_t> head_skip) {
+namespace {
+
+// Skip: the element type of the head_skip flags (uint8_t from the host form, int32_t from
+// the tensor form); nullptr skips nothing.
+template <typename Skip>
+void PagedAttentionImpl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                        absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
+                        const Skip* head_skip) {
   const int64_t q_heads = q.dim(1);
   const int64_t d = q.dim(2);
   const int64_t block_size = k_cache.dim(1);
@@ -255,7 +265,7 @@ void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cach
       const auto [s, row] = items[w / q_heads];
       const int64_t h = w % q_heads;
       const int64_t g = h / group;
-      if (!head_skip.empty() && head_skip[static_cast<int64_t>(row) * q_heads + h] != 0) {
+      if (head_skip != nullptr && head_skip[static_cast<int64_t>(row) * q_heads + h] != 0) {
         float* o = out->data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
         std::fill(o, o + d, 0.f);
         continue;
@@ -300,4 +310,294 @@ void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cach
   }
 }
 
+}  // namespace
+
+void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                    absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
+                    absl::Span<const uint8_t> head_skip) {
+  PagedAttentionImpl(q, k_cache, v_cache, sequences, scale, out,
+                     head_skip.empty() ? nullptr : head_skip.data());
+}
+
+absl::Status RouteTopKChecked(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
+                              Tensor* weights, absl::Span<const int32_t> row_k) {
+  for (int32_t rk : row_k) {
+    if (rk < 1 || rk > k) return absl::InvalidArgumentError("RouteTopK: a row's k is outside [1, k]");
+  }
+  cpu::RouteTopK(logits, k, renormalize, experts, weights, row_k);
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status CheckAttentionSequences(const Tensor& q, const Tensor& k_cache,
+                                     absl::Span<const AttentionSequence> sequences) {
+  const int64_t num_blocks = k_cache.dim(0);
+  const int64_t block_size = k_cache.dim(1);
+  for (const AttentionSequence& s : sequences) {
+    if (s.query_start < 0 || s.query_len < 0 || s.query_start + s.query_len > q.dim(0) ||
+        s.query_len > s.context_len || (s.context_len > 0 && s.block_table == nullptr)) {
+      return absl::InvalidArgumentError("PagedAttention: bad sequence metadata");
+    }
+    for (int64_t b = 0; b < (s.context_len + block_size - 1) / block_size; ++b) {
+      if (s.block_table[b] < 0 || s.block_table[b] >= num_blocks) {
+        return absl::OutOfRangeError("PagedAttention: block id out of range");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                   absl::Span<const AttentionSequence> sequences, float scale,
+                                   Tensor* out, const uint8_t* head_skip) {
+  SLUICE_RETURN_IF_ERROR(CheckAttentionSequences(q, k_cache, sequences));
+  PagedAttentionImpl(q, k_cache, v_cache, sequences, scale, out, head_skip);
+  return absl::OkStatus();
+}
+
+absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                   absl::Span<const AttentionSequence> sequences, float scale,
+                                   Tensor* out, const int32_t* head_skip) {
+  SLUICE_RETURN_IF_ERROR(CheckAttentionSequences(q, k_cache, sequences));
+  PagedAttentionImpl(q, k_cache, v_cache, sequences, scale, out, head_skip);
+  return absl::OkStatus();
+}
+
 }  // namespace sluice::kernels::cpu
+
+// ---------------------------------------------------------------------------------------
+// The dispatched CPU bodies (kernels/op_bodies.h): content checks, then the plain bodies.
+namespace sluice::kernels {
+
+template <>
+absl::StatusOr<Tensor> ToF32Body<Device::kCpu>(const Tensor& t) {
+  SLUICE_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(t.shape(), DType::kF32, Device::kCpu));
+  float* dst = out.data<float>();
+  const int64_t n = t.numel();
+  switch (t.dtype()) {
+    case DType::kF32:
+      if (n > 0) std::memcpy(dst, t.raw(), n * 4);
+      break;
+    case DType::kBF16: {
+      const uint16_t* src = t.data<uint16_t>();
+      for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(src[i]);
+      break;
+    }
+    case DType::kF16: {
+      const uint16_t* src = t.data<uint16_t>();
+      for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(src[i]);
+      break;
+    }
+    case DType::kI32:
+    case DType::kI64:
+      return absl::InvalidArgumentError("ToF32: integer tensor");
+  }
+  return out;
+}
+
+template <>
+absl::StatusOr<Tensor> ConcatRowsBody<Device::kCpu>(absl::Span<const Tensor> parts) {
+  const int64_t cols = parts[0].dim(1);
+  int64_t rows = 0;
+  bool all_bf16 = true;
+  for (const Tensor& p : parts) {
+    rows += p.dim(0);
+    all_bf16 = all_bf16 && p.dtype() == DType::kBF16;
+  }
+  const DType dtype = all_bf16 ? DType::kBF16 : DType::kF32;
+  SLUICE_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty({rows, cols}, dtype, Device::kCpu));
+  char* dst = static_cast<char*>(out.raw());
+  for (const Tensor& p : parts) {
+    if (p.dtype() == dtype) {
+      if (p.bytes() > 0) std::memcpy(dst, p.raw(), p.bytes());
+    } else {
+      SLUICE_ASSIGN_OR_RETURN(Tensor f, ToF32Body<Device::kCpu>(p));
+      if (f.bytes() > 0) std::memcpy(dst, f.raw(), f.bytes());
+    }
+    dst += p.numel() * DTypeSize(dtype);
+  }
+  return out;
+}
+
+template <>
+absl::Status EmbeddingLookupBody<Device::kCpu>(const Tensor& table, const Tensor& ids, Tensor* out) {
+  const int32_t* id = ids.data<int32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    if (id[i] < 0 || id[i] >= table.dim(0)) {
+      return absl::OutOfRangeError(absl::StrCat("EmbeddingLookup: token id ", id[i],
+                                                " outside [0, ", table.dim(0), ")"));
+    }
+  }
+  cpu::EmbeddingLookup(table, ids, out);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status RmsNormBody<Device::kCpu>(const Tensor& x, const Tensor& weight, float eps,
+                                       float weight_offset, Tensor* out) {
+  cpu::RmsNorm(x, weight, eps, weight_offset, out);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status ApplyRotaryEmbeddingBody<Device::kCpu>(const Tensor& positions, const Tensor& cos_sin,
+                                                    int64_t rotary_dim, Tensor* x) {
+  const int32_t* pos = positions.data<int32_t>();
+  for (int64_t i = 0; i < positions.numel(); ++i) {
+    if (pos[i] < 0 || pos[i] >= cos_sin.dim(0)) {
+      return absl::OutOfRangeError(absl::StrCat("ApplyRotaryEmbedding: position ", pos[i],
+                                                " outside the table of ", cos_sin.dim(0)));
+    }
+  }
+  cpu::ApplyRotaryEmbedding(positions, cos_sin, rotary_dim, x);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status SiluMulBody<Device::kCpu>(const Tensor& gate_up, Tensor* out) {
+  cpu::SiluMul(gate_up, out);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status CopyColumnsBody<Device::kCpu>(const Tensor& src, int64_t col_start, Tensor* dst) {
+  cpu::CopyColumns(src, col_start, dst);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status SigmoidGateInPlaceBody<Device::kCpu>(const Tensor& gate, Tensor* x) {
+  cpu::SigmoidGateInPlace(gate, x);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status ClampInPlaceBody<Device::kCpu>(float limit, Tensor* x) {
+  cpu::ClampInPlace(limit, x);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status RouteTopKBody<Device::kCpu>(const Tensor& logits, int64_t k, bool renormalize,
+                                         Tensor* experts, Tensor* weights, const Tensor& row_k) {
+  absl::Span<const int32_t> host_row_k;
+  if (row_k.defined()) host_row_k = absl::MakeConstSpan(row_k.data<int32_t>(), row_k.numel());
+  return cpu::RouteTopKChecked(logits, k, renormalize, experts, weights, host_row_k);
+}
+
+template <>
+absl::Status ScaledScatterAddBody<Device::kCpu>(const Tensor& y, const Tensor& rows,
+                                                const Tensor& scale, Tensor* out) {
+  const int32_t* r = rows.data<int32_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    if (r[i] < 0 || r[i] >= out->dim(0)) return absl::OutOfRangeError("ScaledScatterAdd: row out of range");
+  }
+  cpu::ScaledScatterAdd(y, rows, scale, out);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status DeltaRuleGatesBody<Device::kCpu>(const Tensor& a, const Tensor& b, const Tensor& a_log,
+                                              const Tensor& dt_bias, Tensor* g, Tensor* beta) {
+  cpu::DeltaRuleGates(a, b, a_log, dt_bias, g, beta);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status SigmoidGroupMeanBody<Device::kCpu>(const Tensor& x, Tensor* out) {
+  cpu::SigmoidGroupMean(x, out);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status AddBiasInPlaceBody<Device::kCpu>(const Tensor& bias, Tensor* x) {
+  cpu::AddBiasInPlace(bias, x);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status AddInPlaceBody<Device::kCpu>(const Tensor& y, Tensor* x) {
+  cpu::AddInPlace(y, x);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status FillConstantBody<Device::kCpu>(float value, Tensor* x) {
+  float* d = x->data<float>();
+  std::fill(d, d + x->numel(), value);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status HeadSkipMaskBody<Device::kCpu>(const Tensor& head_gate_mean, const Tensor& row_floor,
+                                            Tensor* mask) {
+  // The rule engine/model/attention_mixer.cc applied on the host: a row with no floor
+  // (floor <= 0) skips nothing; otherwise a head whose mean gate is under the floor is
+  // skipped. (NaN compares false both ways, as it did there.)
+  const int64_t tokens = head_gate_mean.dim(0);
+  const int64_t heads = head_gate_mean.dim(1);
+  const float* mean = head_gate_mean.data<float>();
+  const float* floor = row_floor.data<float>();
+  int32_t* m = mask->data<int32_t>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float f = floor[t];
+    const bool has_floor = !(f <= 0.f);
+    for (int64_t h = 0; h < heads; ++h) {
+      m[t * heads + h] = has_floor && mean[t * heads + h] < f ? 1 : 0;
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status GatherRowsBody<Device::kCpu>(const Tensor& x, const Tensor& rows, Tensor* out) {
+  const int32_t* r = rows.data<int32_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    if (r[i] < 0 || r[i] >= x.dim(0)) return absl::OutOfRangeError("GatherRows: row out of range");
+  }
+  cpu::GatherRows(x, rows, out);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status WriteKvCacheBody<Device::kCpu>(const Tensor& k, const Tensor& v,
+                                            const Tensor& slot_mapping, Tensor* k_cache,
+                                            Tensor* v_cache) {
+  const int64_t slots = k_cache->dim(0) * k_cache->dim(1);
+  const int32_t* s = slot_mapping.data<int32_t>();
+  for (int64_t i = 0; i < slot_mapping.numel(); ++i) {
+    if (s[i] < 0 || s[i] >= slots) return absl::OutOfRangeError("WriteKvCache: slot out of range");
+  }
+  cpu::WriteKvCache(k, v, slot_mapping, k_cache, v_cache);
+  return absl::OkStatus();
+}
+
+template <>
+absl::Status PagedAttentionBody<Device::kCpu>(const Tensor& q, const Tensor& k_cache,
+                                              const Tensor& v_cache, const AttentionBatch& batch,
+                                              float scale, Tensor* out, const Tensor& head_skip) {
+  const int64_t count = batch.context_len.numel();
+  const int64_t max_blocks = batch.block_tables.dim(1);
+  const int64_t block_size = k_cache.dim(1);
+  const int32_t* query_start = batch.query_start.data<int32_t>();
+  const int32_t* context_len = batch.context_len.data<int32_t>();
+  const int32_t* tables = batch.block_tables.data<int32_t>();
+  std::vector<AttentionSequence> sequences(count);
+  for (int64_t s = 0; s < count; ++s) {
+    const int64_t rows = static_cast<int64_t>(query_start[s + 1]) - query_start[s];
+    if (rows < 0 || context_len[s] < 0 ||
+        (static_cast<int64_t>(context_len[s]) + block_size - 1) / block_size > max_blocks) {
+      return absl::InvalidArgumentError(
+          "PagedAttention: bad sequence metadata (rows, or a context past its block table)");
+    }
+    sequences[s] = AttentionSequence{query_start[s], static_cast<int32_t>(rows), context_len[s],
+                                     tables + s * max_blocks};
+  }
+  return cpu::PagedAttentionChecked(q, k_cache, v_cache, sequences, scale, out,
+                                    head_skip.defined() ? head_skip.data<int32_t>() : nullptr);
+}
+
+}  // namespace sluice::kernels

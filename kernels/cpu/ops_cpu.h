@@ -1,4 +1,7 @@
-// CPU bodies of the ops in kernels/ops.h. Called only from ops.cc after its checks.
+// CPU bodies of the ops in kernels/ops.h. The dispatched bodies are the kCpu
+// specialisations declared in kernels/op_bodies.h (defined in ops_cpu.cc and
+// linear_cpu.cc): they check what reads tensor contents, then call the plain functions
+// below, which assume every check has passed.
 #ifndef SLUICE_KERNELS_CPU_OPS_CPU_H_
 #define SLUICE_KERNELS_CPU_OPS_CPU_H_
 
@@ -32,6 +35,18 @@ void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, 
 void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                     absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
                     absl::Span<const uint8_t> head_skip);
+
+// The content checks and body shared by the host-metadata and the tensor forms of an op
+// (one body, so the two forms give the same bits). Shapes are already checked.
+absl::Status RouteTopKChecked(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
+                              Tensor* weights, absl::Span<const int32_t> row_k);
+// head_skip: [T, H_q] flags or nullptr.
+absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                   absl::Span<const AttentionSequence> sequences, float scale,
+                                   Tensor* out, const uint8_t* head_skip);
+absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                   absl::Span<const AttentionSequence> sequences, float scale,
+                                   Tensor* out, const int32_t* head_skip);
 
 }  // namespace sluice::kernels::cpu
 

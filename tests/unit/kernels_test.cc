@@ -1,5 +1,6 @@
-// Each CPU op against a plain reference. The same cases will run on every device that
-// is built and present (the CUDA backend adds itself to kDevices).
+// Each CPU op against a plain reference. The other devices are checked against these
+// CPU bodies, op by op, in kernels_dispatch_test (BackendOpsTest, parameterised over
+// every device built and present).
 #include <cmath>
 #include <random>
 #include <vector>
