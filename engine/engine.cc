@@ -4,7 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/runner/model_runner.h"
 #include "engine/sampling/sampler.h"
+#include "engine/scheduler/step_plan.h"
 #include "engine/serving_model.h"
 #include "kernels/ops.h"
 #include "kernels/status_macros.h"
@@ -81,8 +83,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   so.itl_target_ms = options.itl_target_ms;
   so.itl_target_factor = options.itl_target_factor;
   so.on_step = options.on_step;
-  engine->scheduler_ = std::make_unique<Scheduler>(so, engine->model_.get(), std::move(cache),
-                                                   std::move(state));
+  // The scheduler sees only the caches' shapes (its block and slot pools); the runner owns
+  // the caches themselves and is the only one that runs the model.
+  engine->scheduler_ =
+      std::make_unique<Scheduler>(so, engine->model_.get(), cache.shape(), state.shape());
+  engine->runner_ =
+      std::make_unique<ModelRunner>(engine->model_.get(), std::move(cache), std::move(state));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
@@ -178,7 +184,11 @@ void Engine::Loop() {
         std::lock_guard<std::mutex> lock(mu_);
         if (stop_) return;
       }
-      scheduler_->Step();
+      // One step in three parts (vLLM v1's EngineCore.step). A forward error comes back
+      // in the output, and Apply ends that step's requests with it.
+      const StepPlan plan = scheduler_->Schedule();
+      const StepOutput output = runner_->Execute(plan);
+      scheduler_->Apply(plan, output);
     }
   }
 }

@@ -1,6 +1,7 @@
 // The engine as a library: load a model, then submit requests from any thread and read
 // their results from per-request channels. One engine thread owns the model and runs
-// the scheduler's steps. server/ is one user of this; tests and benchmarks are others.
+// the steps: the scheduler plans each, the model runner executes it, the scheduler
+// applies the output. server/ is one user of this; tests and benchmarks are others.
 #ifndef SLUICE_ENGINE_ENGINE_H_
 #define SLUICE_ENGINE_ENGINE_H_
 
@@ -20,6 +21,8 @@
 #include "kernels/tensor.h"
 
 namespace sluice::engine {
+
+class ModelRunner;  // engine/runner/model_runner.h
 
 struct EngineOptions {
   std::string model_dir;
@@ -76,6 +79,7 @@ class Engine {
   EngineOptions options_;
   std::unique_ptr<CausalLm> model_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ModelRunner> runner_;  // engine thread only
   int64_t max_model_len_ = 0;
 
   std::mutex mu_;

@@ -37,7 +37,7 @@ class CausalLm : public LanguageModel {
                                                         const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const override { return config_; }
-  kernels::Device device() const { return device_; }
+  kernels::Device device() const override { return device_; }
   // Shape of the KV cache this model needs (num_blocks left to the caller).
   KvCacheShape KvShape(int32_t block_size) const;
   // Shape of one recurrent-state slot (num_slots left to the caller); num_layers is 0

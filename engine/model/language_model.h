@@ -18,6 +18,8 @@ class LanguageModel {
  public:
   virtual ~LanguageModel() = default;
   virtual const ModelConfig& config() const = 0;
+  // Where the model computes; the runner uploads each step's metadata there.
+  virtual kernels::Device device() const { return kernels::Device::kCpu; }
   // Runs one ragged batch; writes f32 logits [batch.logit_rows.size(), vocab] to host
   // memory in `logits`.
   virtual absl::Status Forward(const ForwardBatch& batch, PagedKvCache* kv_cache,

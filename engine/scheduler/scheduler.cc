@@ -4,24 +4,49 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/model/language_model.h"
+#include "engine/scheduler/step_plan.h"
 
 namespace sluice::engine {
 
-Scheduler::Scheduler(const SchedulerOptions& options, LanguageModel* model, PagedKvCache kv_cache,
-                     RecurrentStateCache state_cache)
+struct Scheduler::Sequence {
+  GenerationRequest request;
+  std::shared_ptr<RequestChannel> channel;
+  std::vector<int32_t> tokens;  // prompt, then generated tokens
+  int32_t prompt_len = 0;
+  int32_t num_generated = 0;
+  int32_t num_computed = 0;     // tokens whose K/V are in the cache
+  std::vector<int32_t> block_table;
+  int32_t state_slot = -1;  // recurrent-state slot while running (hybrid models)
+  uint64_t arrival = 0;     // also the sequence's id in plans
+  UsageStats usage;
+  int32_t max_tokens = 0;
+  SequenceBudget budget;  // resolved from request.budget at Enqueue
+  absl::Time enqueued;
+  absl::Time first_scheduled = absl::InfinitePast();  // InfinitePast: not yet
+  absl::Time first_token = absl::InfinitePast();
+  absl::Time last_token = absl::InfinitePast();
+};
+
+Scheduler::Scheduler(const SchedulerOptions& options, const LanguageModel* model,
+                     const KvCacheShape& kv_shape, const StateCacheShape& state_shape)
     : options_(options),
       model_(model),
-      kv_cache_(std::move(kv_cache)),
-      allocator_(kv_cache_.shape().num_blocks),
-      state_cache_(std::move(state_cache)),
-      state_slots_(state_cache_.shape().num_layers > 0 ? state_cache_.shape().num_slots : 0),
-      uses_state_(state_cache_.shape().num_layers > 0),
+      kv_shape_(kv_shape),
+      allocator_(kv_shape.num_blocks),
+      state_shape_(state_shape),
+      state_slots_(state_shape.num_layers > 0 ? state_shape.num_slots : 0),
+      uses_state_(state_shape.num_layers > 0),
       eos_ids_(model->config().eos_token_ids),
       prefill_cap_(options.max_num_batched_tokens) {
   free_blocks_ = allocator_.num_free();
   free_state_slots_ = state_slots_.num_free();
   published_itl_target_ms_ = ItlTargetMs();
   published_prefill_cap_ = prefill_cap_;
+}
+
+int32_t Scheduler::BlocksFor(int64_t tokens) const {
+  return static_cast<int32_t>((tokens + kv_shape_.block_size - 1) / kv_shape_.block_size);
 }
 
 void Scheduler::ReleaseResources(Sequence* seq) {
@@ -41,7 +66,6 @@ absl::Status Scheduler::Enqueue(GenerationRequest request, std::shared_ptr<Reque
   seq->max_tokens = request.stopping.max_tokens > 0
                         ? request.stopping.max_tokens
                         : static_cast<int32_t>(options_.max_model_len - seq->prompt_len);
-  seq->sampler = std::make_unique<Sampler>(request.sampling, request.logprobs_top_n);
   seq->usage.prompt_tokens = seq->prompt_len;
   seq->budget = ResolveBudget(request.budget, model_->config().num_layers);
   seq->usage.layers_skipped = seq->budget.num_skipped_layers;
@@ -112,6 +136,7 @@ void Scheduler::DrainInbox() {
 
 void Scheduler::Finish(SeqPtr seq, absl::Status status, FinishReason reason) {
   ReleaseResources(seq.get());
+  released_.push_back(seq->arrival);
   const absl::Time now = absl::Now();
   const bool scheduled = seq->first_scheduled != absl::InfinitePast();
   const bool produced = seq->first_token != absl::InfinitePast();
@@ -169,7 +194,7 @@ void Scheduler::Admit() {
     Sequence& next = *waiting_.front();
     // Admit only when the whole current context fits, so an admitted prompt is not
     // preempted by its own growth on the next step.
-    const int32_t need = kv_cache_.BlocksFor(static_cast<int64_t>(next.tokens.size()) + 1);
+    const int32_t need = BlocksFor(static_cast<int64_t>(next.tokens.size()) + 1);
     if (need > allocator_.num_free()) break;
     if (uses_state_) {
       std::optional<int32_t> slot = state_slots_.Allocate();
@@ -237,17 +262,18 @@ void Scheduler::PublishCounters() {
 }
 
 bool Scheduler::EnsureBlocks(Sequence* seq, int32_t total_tokens,
-                             const absl::flat_hash_set<const Sequence*>& pinned) {
-  const int32_t need = kv_cache_.BlocksFor(total_tokens) - static_cast<int32_t>(seq->block_table.size());
+                             const absl::flat_hash_set<const Sequence*>& pinned,
+                             std::vector<uint64_t>* preempted) {
+  const int32_t need = BlocksFor(total_tokens) - static_cast<int32_t>(seq->block_table.size());
   if (need <= 0) return true;
   while (need > allocator_.num_free()) {
-    if (!PreemptOne(seq, pinned)) return false;
+    if (!PreemptOne(seq, pinned, preempted)) return false;
   }
   return allocator_.Allocate(need, &seq->block_table);
 }
 
-bool Scheduler::PreemptOne(const Sequence* keep,
-                           const absl::flat_hash_set<const Sequence*>& pinned) {
+bool Scheduler::PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned,
+                           std::vector<uint64_t>* preempted) {
   // Victim: lowest priority, then newest arrival; never one already in this step's batch.
   int victim = -1;
   for (int i = 0; i < static_cast<int>(running_.size()); ++i) {
@@ -259,6 +285,7 @@ bool Scheduler::PreemptOne(const Sequence* keep,
   SeqPtr seq = std::move(running_[victim]);
   running_.erase(running_.begin() + victim);
   ReleaseResources(seq.get());
+  preempted->push_back(seq->arrival);
   seq->num_computed = 0;
   ++seq->usage.preemptions;
   auto pos = std::find_if(waiting_.begin(), waiting_.end(),
@@ -271,7 +298,8 @@ bool Scheduler::PreemptOne(const Sequence* keep,
   return true;
 }
 
-void Scheduler::Step() {
+StepPlan Scheduler::Schedule() {
+  StepPlan plan;
   DrainInbox();
   DropCancelledAndExpired();
   Admit();
@@ -293,17 +321,14 @@ void Scheduler::Step() {
     if (oldest_prompt == nullptr || p->arrival < oldest_prompt->arrival) oldest_prompt = p.get();
   }
 
-  const uint64_t preemptions_before = preemptions_;  // engine thread is the only writer
-  ForwardBatch batch;
-  struct Scheduled {
+  struct Chosen {
     Sequence* seq;
     int32_t count;
-    bool wants_logits;
+    bool decode;
   };
-  std::vector<Scheduled> scheduled;
+  std::vector<Chosen> chosen;
   absl::flat_hash_set<const Sequence*> pinned;
   int32_t budget = options_.max_num_batched_tokens;
-  const int32_t block_size = kv_cache_.shape().block_size;
   std::vector<Sequence*> order;
   for (const SeqPtr& p : running_) order.push_back(p.get());
   // With an inter-token latency target, prompt chunks that share a step with decodes are
@@ -342,7 +367,7 @@ void Scheduler::Step() {
       count = std::max(count, std::min(remaining, std::max(budget, 0)) > 0 ? 1 : 0);
     }
     if (count <= 0) continue;
-    if (!EnsureBlocks(seq, seq->num_computed + count, pinned)) continue;
+    if (!EnsureBlocks(seq, seq->num_computed + count, pinned, &plan.preempted)) continue;
     pinned.insert(seq);
     budget -= count;
     if (remaining == 1) {
@@ -350,67 +375,101 @@ void Scheduler::Step() {
     } else {
       prompt_tokens += count;
     }
-    const int32_t start = batch.num_tokens();
-    for (int32_t j = 0; j < count; ++j) {
-      const int32_t pos = seq->num_computed + j;
-      batch.token_ids.push_back(seq->tokens[pos]);
-      batch.positions.push_back(pos);
-      batch.slot_mapping.push_back(seq->block_table[pos / block_size] * block_size + pos % block_size);
-    }
-    kernels::AttentionSequence meta;
-    meta.query_start = start;
-    meta.query_len = count;
-    meta.context_len = seq->num_computed + count;
-    meta.block_table = seq->block_table.data();
-    batch.sequences.push_back(meta);
-    batch.state_slots.push_back(seq->state_slot);
-    batch.state_fresh.push_back(seq->num_computed == 0 ? 1 : 0);
-    batch.budgets.push_back(seq->budget.empty() ? nullptr : &seq->budget);
-    const bool wants_logits = seq->num_computed + count == static_cast<int32_t>(seq->tokens.size());
-    if (wants_logits) batch.logit_rows.push_back(start + count - 1);
-    scheduled.push_back({seq, count, wants_logits});
-  }
-  if (scheduled.empty()) {
-    PublishCounters();
-    return;
+    chosen.push_back({seq, count, remaining == 1});
   }
 
-  const absl::Time step_start = absl::Now();
-  for (const Scheduled& s : scheduled) {
-    if (s.seq->first_scheduled == absl::InfinitePast()) s.seq->first_scheduled = step_start;
+  // The plan borrows each chosen sequence's tokens and block table. Chosen sequences are
+  // pinned, so no later allocation in the loop above preempted them or changed their table.
+  plan.block_size = kv_shape_.block_size;
+  plan.token_budget = options_.max_num_batched_tokens;
+  plan.prefill_cap = prefill_cap_;
+  plan.probe = probe;
+  plan.decodes = decodes;
+  plan.prompt_tokens = prompt_tokens;
+  plan.sequences.reserve(chosen.size());
+  for (const Chosen& c : chosen) {
+    Sequence* seq = c.seq;
+    ScheduledSequence& s = plan.sequences.emplace_back();
+    s.id = seq->arrival;
+    s.tokens = seq->tokens;
+    s.num_computed = seq->num_computed;
+    s.num_tokens = c.count;
+    s.block_table = seq->block_table;
+    s.state_slot = seq->state_slot;
+    s.state_fresh = seq->num_computed == 0;
+    s.decode = c.decode;
+    s.budget = seq->budget.empty() ? nullptr : &seq->budget;
+    s.sample = seq->num_computed + c.count == static_cast<int32_t>(seq->tokens.size());
+    if (s.sample) {
+      s.num_generated = seq->num_generated;
+      if (seq->num_generated < seq->request.stopping.min_tokens) {
+        if (!seq->request.stopping.ignore_eos) s.banned = eos_ids_;
+        s.banned.insert(s.banned.end(), seq->request.stopping.stop_token_ids.begin(),
+                        seq->request.stopping.stop_token_ids.end());
+      }
+      s.sampling = &seq->request.sampling;
+      s.logprobs_top_n = seq->request.logprobs_top_n;
+    }
+    plan.num_tokens += c.count;
   }
-  absl::Status status = model_->ForwardWithCosts(batch, &kv_cache_, &state_cache_, &logits_, &costs_);
-  if (decodes > 0) OnStepTimed(absl::Now() - step_start, decodes, prompt_tokens, probe);
+  // Finished by the last Apply or dropped above (cancelled, expired).
+  plan.released.swap(released_);
+  if (plan.empty()) PublishCounters();
+  return plan;
+}
+
+void Scheduler::Apply(const StepPlan& plan, const StepOutput& output) {
+  if (plan.empty()) return;
+  const absl::Time step_start = output.start;
+  // Every sequence of the plan is still running: nothing leaves the running set between
+  // Schedule and Apply (cancellation is noticed by the next Schedule).
+  std::vector<Sequence*> seqs;
+  seqs.reserve(plan.sequences.size());
+  for (const ScheduledSequence& s : plan.sequences) {
+    auto it = std::find_if(running_.begin(), running_.end(),
+                           [&](const SeqPtr& p) { return p->arrival == s.id; });
+    seqs.push_back(it == running_.end() ? nullptr : it->get());
+  }
+  for (Sequence* seq : seqs) {
+    if (seq != nullptr && seq->first_scheduled == absl::InfinitePast())
+      seq->first_scheduled = step_start;
+  }
+  const absl::Status& status = output.status;
+  const bool outputs_match = output.sequences.size() == plan.sequences.size();
+  if (plan.decodes > 0) OnStepTimed(output.forward, plan.decodes, plan.prompt_tokens, plan.probe);
   StepMetrics step_metrics;
-  step_metrics.tokens = batch.num_tokens();
-  step_metrics.prompt_tokens = prompt_tokens;
-  step_metrics.decodes = decodes;
-  step_metrics.preemptions = static_cast<int32_t>(preemptions_ - preemptions_before);
-  step_metrics.read_bytes = EstimatedReadBytes(batch);
+  step_metrics.tokens = plan.num_tokens;
+  step_metrics.prompt_tokens = plan.prompt_tokens;
+  step_metrics.decodes = plan.decodes;
+  step_metrics.preemptions = static_cast<int32_t>(plan.preempted.size());
+  step_metrics.read_bytes = EstimatedReadBytes(plan);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;
   }
-  const int64_t vocab = model_->config().vocab_size;
-  int32_t logit_index = 0;
   std::vector<std::pair<Sequence*, std::pair<absl::Status, FinishReason>>> endings;
-  for (size_t si = 0; si < scheduled.size(); ++si) {
-    const Scheduled& s = scheduled[si];
-    Sequence* seq = s.seq;
-    if (!status.ok()) {
-      endings.push_back({seq, {absl::InternalError(absl::StrCat("model forward failed: ", status.message())),
+  for (size_t si = 0; si < plan.sequences.size(); ++si) {
+    const ScheduledSequence& s = plan.sequences[si];
+    Sequence* seq = seqs[si];
+    if (seq == nullptr) continue;
+    if (!status.ok() || !outputs_match) {
+      const absl::string_view why =
+          !status.ok() ? status.message()
+                       : absl::string_view("the step's output does not match its plan");
+      endings.push_back({seq, {absl::InternalError(absl::StrCat("model forward failed: ", why)),
                                FinishReason::kNone}});
       continue;
     }
+    const SequenceOutput& out = output.sequences[si];
     const int32_t past = seq->num_computed;
-    seq->num_computed += s.count;
-    const double flops = model_->DenseFlops(past, s.count);
+    seq->num_computed += s.num_tokens;
+    const double flops = model_->DenseFlops(past, s.num_tokens);
     seq->usage.dense_flops += flops;
-    if (seq->budget.empty() || si >= costs_.size()) {
+    if (seq->budget.empty() || !out.has_cost) {
       seq->usage.executed_flops += flops;
       step_metrics.executed_flops += flops;
     } else {
-      const SequenceCost& c = costs_[si];
+      const SequenceCost& c = out.cost;
       seq->usage.executed_flops += flops - c.saved_flops;
       step_metrics.executed_flops += flops - c.saved_flops;
       seq->usage.branches_skipped += c.branches_skipped;
@@ -420,26 +479,16 @@ void Scheduler::Step() {
       seq->usage.attention_heads_skipped += c.heads_skipped;
       seq->usage.attention_heads_total += c.heads_total;
     }
-    if (!s.wants_logits) continue;
-    absl::Span<float> row(logits_.data() + logit_index * vocab, vocab);
-    ++logit_index;
-    std::vector<int32_t> banned;
-    if (seq->num_generated < seq->request.stopping.min_tokens) {
-      if (!seq->request.stopping.ignore_eos) banned = eos_ids_;
-      banned.insert(banned.end(), seq->request.stopping.stop_token_ids.begin(),
-                    seq->request.stopping.stop_token_ids.end());
-    }
+    if (!s.sample) continue;
+    const int32_t token = out.token;
     RequestEvent event;
-    TokenLogprob lp;
-    const int32_t token = seq->sampler->Sample(row, seq->tokens, seq->num_generated, banned,
-                                               static_cast<uint64_t>(seq->num_generated), &lp);
     seq->tokens.push_back(token);
     ++seq->num_generated;
     seq->last_token = absl::Now();
     if (seq->num_generated == 1) seq->first_token = seq->last_token;
     seq->usage.completion_tokens = seq->num_generated;
     event.tokens.push_back(token);
-    if (seq->request.logprobs_top_n >= 0) event.logprobs.push_back(std::move(lp));
+    if (seq->request.logprobs_top_n >= 0) event.logprobs.push_back(out.logprob);
     seq->channel->Push(std::move(event));
 
     const auto& stop_ids = seq->request.stopping.stop_token_ids;
@@ -468,13 +517,13 @@ void Scheduler::Step() {
   if (options_.on_step) options_.on_step(step_metrics);
 }
 
-double Scheduler::EstimatedReadBytes(const ForwardBatch& batch) const {
-  const KvCacheShape& kv = kv_cache_.shape();
-  const double kv_bytes_per_token = static_cast<double>(kv.BytesPerBlock()) / kv.block_size;
+double Scheduler::EstimatedReadBytes(const StepPlan& plan) const {
+  const double kv_bytes_per_token =
+      static_cast<double>(kv_shape_.BytesPerBlock()) / kv_shape_.block_size;
   double bytes = static_cast<double>(model_->WeightBytesPerStep());
-  for (size_t i = 0; i < batch.sequences.size(); ++i) {
-    bytes += kv_bytes_per_token * batch.sequences[i].context_len;
-    if (batch.state_slots[i] >= 0) bytes += static_cast<double>(state_cache_.shape().BytesPerSlot());
+  for (const ScheduledSequence& s : plan.sequences) {
+    bytes += kv_bytes_per_token * s.context_len();
+    if (s.state_slot >= 0) bytes += static_cast<double>(state_shape_.BytesPerSlot());
   }
   return bytes;
 }

@@ -1,6 +1,9 @@
-// Iteration-level continuous batching. One engine thread calls Step(); each step
-// takes every running sequence one chunk further (a decode token, or a chunk of its
-// prompt) in a single ragged batch, so the weights are read once for all of them.
+// Iteration-level continuous batching. Each engine step takes every running sequence
+// one chunk further (a decode token, or a chunk of its prompt) in a single ragged batch,
+// so the weights are read once for all of them. The step is in three parts, as in vLLM
+// v1's engine core: Schedule() forms the plan (policy below; the scheduler never calls
+// the model), the ModelRunner (engine/runner/) executes it, and Apply() takes the
+// output: it appends tokens, accounts usage, checks stops and emits events.
 //
 // Policy, per step:
 //  1. Drop cancelled and expired sequences (queued ones are never started).
@@ -36,11 +39,14 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "engine/cache/kv_cache.h"
-#include "engine/model/language_model.h"
+#include "engine/cache/state_cache.h"
 #include "engine/request.h"
-#include "engine/sampling/sampler.h"
 
 namespace sluice::engine {
+
+class LanguageModel;
+struct StepPlan;    // engine/scheduler/step_plan.h
+struct StepOutput;
 
 // Below this, an automatic target is not worth the prefill throughput it costs: nobody
 // reading a stream tells 5 ms gaps from 1 ms ones, and tiny models' step times are noise.
@@ -49,7 +55,7 @@ inline constexpr double kMinAutoItlTargetMs = 5;
 // What one engine step did, for metrics. Reported from the engine thread after the
 // step's tokens are appended; the observer must be quick and must not call back in.
 struct StepMetrics {
-  double seconds = 0;          // the forward pass and sampling
+  double seconds = 0;          // the forward pass, sampling and applying the output
   int32_t tokens = 0;          // prompt-chunk tokens + decode tokens in the batch
   int32_t prompt_tokens = 0;
   int32_t decodes = 0;
@@ -96,10 +102,12 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  // state_cache may hold zero layers (models without linear attention); then sequences
-  // take no state slot.
-  Scheduler(const SchedulerOptions& options, LanguageModel* model, PagedKvCache kv_cache,
-            RecurrentStateCache state_cache);
+  // `model` is read for its config and its cost model (DenseFlops, WeightBytesPerStep)
+  // only; it is const so that the scheduler cannot run it. The shapes size the block
+  // and state-slot pools; the caches themselves belong to the ModelRunner. A state shape
+  // with zero layers (models without linear attention) means sequences take no slot.
+  Scheduler(const SchedulerOptions& options, const LanguageModel* model,
+            const KvCacheShape& kv_shape, const StateCacheShape& state_shape);
   ~Scheduler();
 
   // Thread-safe. Takes a validated request; RESOURCE_EXHAUSTED when the queue is full,
@@ -112,54 +120,47 @@ class Scheduler {
   bool HasWork() const;
   SchedulerStats Stats() const;
 
-  // Engine thread only.
-  void Step();
+  // Engine thread only. Drops cancelled and expired sequences, admits queued ones and
+  // forms the next step (preempting when blocks run out). An empty plan runs nothing;
+  // it may still list released sequences.
+  StepPlan Schedule();
+  // Engine thread only. Consumes the output of executing `plan`, the last plan Schedule
+  // returned: appends the sampled tokens, accounts usage and executed compute, checks
+  // stops and max tokens, emits events, finishes sequences, and reports the step to the
+  // ITL controller and the StepMetrics observer. A failed forward pass ends every
+  // sequence of the plan with INTERNAL.
+  void Apply(const StepPlan& plan, const StepOutput& output);
   // Ends every queued and running request with `status` (shutdown).
   void AbortAll(const absl::Status& status);
 
  private:
-  struct Sequence {
-    GenerationRequest request;
-    std::shared_ptr<RequestChannel> channel;
-    std::vector<int32_t> tokens;  // prompt, then generated tokens
-    int32_t prompt_len = 0;
-    int32_t num_generated = 0;
-    int32_t num_computed = 0;     // tokens whose K/V are in the cache
-    std::vector<int32_t> block_table;
-    int32_t state_slot = -1;  // recurrent-state slot while running (hybrid models)
-    uint64_t arrival = 0;
-    std::unique_ptr<Sampler> sampler;
-    UsageStats usage;
-    int32_t max_tokens = 0;
-    SequenceBudget budget;  // resolved from request.budget at Enqueue
-    absl::Time enqueued;
-    absl::Time first_scheduled = absl::InfinitePast();  // InfinitePast: not yet
-    absl::Time first_token = absl::InfinitePast();
-    absl::Time last_token = absl::InfinitePast();
-  };
+  struct Sequence;  // scheduler.cc
   using SeqPtr = std::unique_ptr<Sequence>;
 
   void DrainInbox();
   void DropCancelledAndExpired();
   void Admit();
   bool EnsureBlocks(Sequence* seq, int32_t total_tokens,
-                    const absl::flat_hash_set<const Sequence*>& pinned);
-  bool PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned);
+                    const absl::flat_hash_set<const Sequence*>& pinned,
+                    std::vector<uint64_t>* preempted);
+  bool PreemptOne(const Sequence* keep, const absl::flat_hash_set<const Sequence*>& pinned,
+                  std::vector<uint64_t>* preempted);
   void PublishCounters();
-  double EstimatedReadBytes(const ForwardBatch& batch) const;
+  double EstimatedReadBytes(const StepPlan& plan) const;
   void OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt_tokens, bool probe);
   bool AutoItlTarget() const;                // no explicit target, factor > 0
-  bool NeedsProbe(int32_t decodes) const;    // see Step
+  bool NeedsProbe(int32_t decodes) const;    // see Schedule
+  int32_t BlocksFor(int64_t tokens) const;
   // Returns a sequence's KV blocks and state slot to their pools.
   void ReleaseResources(Sequence* seq);
   void Finish(SeqPtr seq, absl::Status status, FinishReason reason);
   bool QueueOrder(const Sequence& a, const Sequence& b) const;
 
   SchedulerOptions options_;
-  LanguageModel* model_;
-  PagedKvCache kv_cache_;
+  const LanguageModel* model_;
+  KvCacheShape kv_shape_;
   KvBlockAllocator allocator_;
-  RecurrentStateCache state_cache_;
+  StateCacheShape state_shape_;
   StateSlotPool state_slots_;
   bool uses_state_ = false;
   std::vector<int32_t> eos_ids_;
@@ -188,8 +189,8 @@ class Scheduler {
   // Engine thread only.
   std::list<SeqPtr> waiting_;
   std::vector<SeqPtr> running_;
-  std::vector<float> logits_;
-  std::vector<SequenceCost> costs_;
+  // Sequences finished since the last plan (the next plan lists them as released).
+  std::vector<uint64_t> released_;
 };
 
 }  // namespace sluice::engine

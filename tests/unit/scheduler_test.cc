@@ -1,10 +1,13 @@
-// Scheduler policy with a fake model (no math), driven step by step on the test
-// thread: admission order, chunked prefill under the token budget, preemption order,
-// cancellation at every stage, deadlines, queue limits, and the accounting invariant
-// (every request ends exactly once; blocks and slots all return) over 10,000 random
-// operations.
+// Scheduler policy at the plan level, with no model: each step is Schedule(), then a
+// hand-built StepOutput (the "model" emits token (last input token + 1) % vocab and takes
+// a simulated time per token), then Apply(), as vLLM v1's scheduler tests do. Covers
+// admission order, chunked prefill under the token budget, preemption order,
+// cancellation at every stage, deadlines, queue limits, the accounting invariant (every
+// request ends exactly once; blocks and slots all return) over 10,000 random operations,
+// and what a plan contains.
 #include "engine/scheduler/scheduler.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
@@ -12,6 +15,8 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "engine/model/language_model.h"
+#include "engine/scheduler/step_plan.h"
 #include "gtest/gtest.h"
 
 namespace sluice::engine {
@@ -19,7 +24,7 @@ namespace {
 
 constexpr int64_t kVocab = 32;
 
-// Emits token (last input token + 1) % vocab and records every batch it sees.
+// The scheduler reads a model's config and cost model only; running it is a failure.
 class FakeModel : public LanguageModel {
  public:
   FakeModel() {
@@ -29,31 +34,61 @@ class FakeModel : public LanguageModel {
     config_.eos_token_ids = {};
   }
   const ModelConfig& config() const override { return config_; }
-  absl::Status Forward(const ForwardBatch& batch, PagedKvCache*, RecurrentStateCache*,
-                       std::vector<float>* logits) override {
-    batches.push_back(batch);
-    if (per_token_delay > absl::ZeroDuration()) absl::SleepFor(per_token_delay * batch.num_tokens());
-    logits->assign(batch.logit_rows.size() * kVocab, 0.f);
-    for (size_t r = 0; r < batch.logit_rows.size(); ++r) {
-      const int32_t next = (batch.token_ids[batch.logit_rows[r]] + 1) % kVocab;
-      (*logits)[r * kVocab + next] = 10.f;
-    }
-    return absl::OkStatus();
+  absl::Status Forward(const ForwardBatch&, PagedKvCache*, RecurrentStateCache*,
+                       std::vector<float>*) override {
+    ADD_FAILURE() << "the scheduler ran the model";
+    return absl::InternalError("not a model");
   }
-  double DenseFlops(int64_t past, int64_t tokens) const override { return static_cast<double>(tokens); }
-  absl::Duration per_token_delay = absl::ZeroDuration();  // simulated cost of a step
-
-  std::vector<ForwardBatch> batches;
+  double DenseFlops(int64_t past, int64_t tokens) const override {
+    return static_cast<double>(tokens);
+  }
 
  private:
   ModelConfig config_;
 };
 
+// What one plan ran, in the shape of the ragged batch the runner would pack from it.
+struct Batch {
+  struct Rows {
+    int32_t query_start = 0;
+    int32_t query_len = 0;
+  };
+  std::vector<int32_t> token_ids;
+  std::vector<int32_t> positions;
+  std::vector<Rows> sequences;
+  int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
+};
+
+Batch Record(const StepPlan& plan) {
+  Batch b;
+  for (const ScheduledSequence& s : plan.sequences) {
+    b.sequences.push_back({b.num_tokens(), s.num_tokens});
+    for (int32_t j = 0; j < s.num_tokens; ++j) {
+      b.token_ids.push_back(s.tokens[s.num_computed + j]);
+      b.positions.push_back(s.num_computed + j);
+    }
+  }
+  return b;
+}
+
+// The output a model would give for `plan`: token (last input token + 1) % vocab for
+// every sampled sequence, and `per_token` of simulated forward time per batch token.
+StepOutput FakeOutput(const StepPlan& plan, absl::Duration per_token) {
+  StepOutput out;
+  out.start = absl::Now();
+  out.forward = per_token * plan.num_tokens;
+  for (const ScheduledSequence& s : plan.sequences) {
+    SequenceOutput& o = out.sequences.emplace_back();
+    if (s.sample) o.token = (s.step_tokens().back() + 1) % kVocab;
+  }
+  return out;
+}
+
 struct Harness {
   explicit Harness(SchedulerOptions options, int32_t num_blocks = 64, int32_t block_size = 4,
                    int32_t slots = 8) {
     KvCacheShape kv;
-    kv.num_layers = 0;  // the fake model reads nothing; only the accounting matters
+    kv.num_layers = 0;  // no model reads it; only the accounting matters
     kv.num_blocks = num_blocks;
     kv.block_size = block_size;
     StateCacheShape st;
@@ -66,8 +101,7 @@ struct Harness {
     st.value_head_dim = 1;
     options.block_size = block_size;
     if (options.max_model_len == 0) options.max_model_len = 1 << 20;
-    scheduler = std::make_unique<Scheduler>(options, &model, *PagedKvCache::Create(kv, kernels::Device::kCpu),
-                                            *RecurrentStateCache::Create(st, kernels::Device::kCpu));
+    scheduler = std::make_unique<Scheduler>(options, &model, kv, st);
   }
 
   std::shared_ptr<RequestChannel> Submit(std::vector<int32_t> prompt, int32_t max_tokens,
@@ -79,19 +113,31 @@ struct Harness {
     r.stopping.max_tokens = max_tokens;
     r.priority = priority;
     r.deadline = deadline;
+    return Submit(std::move(r), status);
+  }
+  std::shared_ptr<RequestChannel> Submit(GenerationRequest r, absl::Status* status = nullptr) {
     auto ch = std::make_shared<RequestChannel>();
     absl::Status s = scheduler->Enqueue(std::move(r), ch);
     if (status != nullptr) *status = s;
     return s.ok() ? ch : nullptr;
   }
 
+  // One engine step: plan, the hand-built output, apply.
+  void Step() {
+    const StepPlan plan = scheduler->Schedule();
+    if (!plan.empty()) batches.push_back(Record(plan));
+    scheduler->Apply(plan, FakeOutput(plan, per_token_delay));
+  }
+
   void RunToIdle(int max_steps = 10000) {
-    for (int i = 0; i < max_steps && scheduler->HasWork(); ++i) scheduler->Step();
+    for (int i = 0; i < max_steps && scheduler->HasWork(); ++i) Step();
     ASSERT_FALSE(scheduler->HasWork()) << "scheduler did not drain";
   }
 
   FakeModel model;
   std::unique_ptr<Scheduler> scheduler;
+  absl::Duration per_token_delay = absl::ZeroDuration();  // simulated cost of a step
+  std::vector<Batch> batches;                              // every non-empty plan, recorded
 };
 
 struct Result {
@@ -116,7 +162,7 @@ Result Read(RequestChannel& ch) {
 }
 
 // The first prompt token of each sequence a batch prefilled from position 0.
-std::vector<int32_t> FirstPrefills(const FakeModel& m) {
+std::vector<int32_t> FirstPrefills(const Harness& m) {
   std::vector<int32_t> order;
   for (const auto& b : m.batches) {
     for (const auto& s : b.sequences) {
@@ -135,7 +181,7 @@ TEST(SchedulerTest, AdmitsByPriorityThenArrival) {
   auto b = h.Submit({2, 2}, 2, /*priority=*/5);
   auto c = h.Submit({3, 3}, 2, /*priority=*/5);
   h.RunToIdle();
-  EXPECT_EQ(FirstPrefills(h.model), (std::vector<int32_t>{2, 3, 1}));
+  EXPECT_EQ(FirstPrefills(h), (std::vector<int32_t>{2, 3, 1}));
   for (auto* ch : {a.get(), b.get(), c.get()}) EXPECT_EQ(Read(*ch).finals, 1);
 }
 
@@ -145,14 +191,14 @@ TEST(SchedulerTest, ChunkedPrefillKeepsDecodesFlowingUnderTheTokenBudget) {
   o.max_num_batched_tokens = 8;
   Harness h(o);
   auto decoder = h.Submit({5}, 20);
-  h.scheduler->Step();  // prefill of the short prompt; it decodes from now on
+  h.Step();  // prefill of the short prompt; it decodes from now on
   auto longer = h.Submit(std::vector<int32_t>(20, 7), 1);
   std::vector<int32_t> prompt_chunks;
   for (int i = 0; i < 5; ++i) {
-    const size_t before = h.model.batches.size();
-    h.scheduler->Step();
-    ASSERT_EQ(h.model.batches.size(), before + 1);
-    const ForwardBatch& b = h.model.batches.back();
+    const size_t before = h.batches.size();
+    h.Step();
+    ASSERT_EQ(h.batches.size(), before + 1);
+    const Batch& b = h.batches.back();
     EXPECT_LE(b.num_tokens(), o.max_num_batched_tokens);
     ASSERT_GE(b.sequences.size(), 1u);
     EXPECT_EQ(b.sequences[0].query_len, 1) << "the decode goes first every step";
@@ -171,10 +217,10 @@ TEST(SchedulerTest, ShortPromptsGoFirstButTheOldestPromptAlwaysAdvances) {
   o.max_num_batched_tokens = 16;
   Harness h(o, /*num_blocks=*/256);
   auto longer = h.Submit(std::vector<int32_t>(100, 3), 1);
-  h.scheduler->Step();  // the long prompt starts: 16 of its 100 tokens
+  h.Step();  // the long prompt starts: 16 of its 100 tokens
   auto shorter = h.Submit(std::vector<int32_t>(10, 4), 1);
-  h.scheduler->Step();
-  const ForwardBatch& b = h.model.batches.back();
+  h.Step();
+  const Batch& b = h.batches.back();
   ASSERT_EQ(b.sequences.size(), 2u);
   EXPECT_EQ(b.token_ids[b.sequences[0].query_start], 4) << "the shorter prompt goes first";
   EXPECT_EQ(b.sequences[0].query_len, 10);
@@ -182,8 +228,8 @@ TEST(SchedulerTest, ShortPromptsGoFirstButTheOldestPromptAlwaysAdvances) {
   // Even when short prompts would fill the whole budget, the oldest one gets a token.
   std::vector<std::shared_ptr<RequestChannel>> many;
   for (int i = 0; i < 3; ++i) many.push_back(h.Submit(std::vector<int32_t>(16, 5), 1));
-  h.scheduler->Step();
-  const ForwardBatch& c = h.model.batches.back();
+  h.Step();
+  const Batch& c = h.batches.back();
   bool oldest_ran = false;
   for (const auto& s : c.sequences) oldest_ran |= c.token_ids[s.query_start] == 3;
   EXPECT_TRUE(oldest_ran);
@@ -198,15 +244,15 @@ TEST(SchedulerTest, ItlTargetShrinksPromptChunksBesideDecodes) {
   o.max_num_batched_tokens = 64;
   o.itl_target_ms = 12;  // at 1 ms a token, decodes plus ~11 prompt tokens fit
   Harness h(o, /*num_blocks=*/1024);
-  h.model.per_token_delay = absl::Milliseconds(1);
+  h.per_token_delay = absl::Milliseconds(1);
   auto decoder = h.Submit({5}, 60);
-  h.scheduler->Step();
+  h.Step();
   auto longer = h.Submit(std::vector<int32_t>(1000, 7), 1);
-  for (int i = 0; i < 40; ++i) h.scheduler->Step();
+  for (int i = 0; i < 40; ++i) h.Step();
   // After adapting, steps that carry the decode stay near the target.
   int late_steps = 0, over = 0;
-  for (size_t b = h.model.batches.size() - 10; b < h.model.batches.size(); ++b) {
-    const ForwardBatch& batch = h.model.batches[b];
+  for (size_t b = h.batches.size() - 10; b < h.batches.size(); ++b) {
+    const Batch& batch = h.batches[b];
     if (batch.sequences.size() < 2) continue;
     ++late_steps;
     if (batch.num_tokens() > 24) ++over;
@@ -229,7 +275,7 @@ struct ItlHarness : Harness {
     return o;
   }
   explicit ItlHarness(double factor) : Harness(Options(factor), /*num_blocks=*/1024, /*block_size=*/4, /*slots=*/9) {
-    model.per_token_delay = absl::Milliseconds(2);
+    per_token_delay = absl::Milliseconds(2);
   }
   std::vector<std::shared_ptr<RequestChannel>> Decoders(int n, int32_t max_tokens) {
     std::vector<std::shared_ptr<RequestChannel>> out;
@@ -239,8 +285,8 @@ struct ItlHarness : Harness {
   // The fewest and most prompt tokens (all but `decodes` of a step) in the last 10 steps.
   std::pair<int, int> RecentPromptTokens(int decodes) const {
     int lo = 1 << 30, hi = 0;
-    for (size_t b = model.batches.size() - 10; b < model.batches.size(); ++b) {
-      const int prompt = model.batches[b].num_tokens() - decodes;
+    for (size_t b = batches.size() - 10; b < batches.size(); ++b) {
+      const int prompt = batches[b].num_tokens() - decodes;
       lo = std::min(lo, prompt);
       hi = std::max(hi, prompt);
     }
@@ -259,14 +305,14 @@ TEST(SchedulerTest, AutomaticItlTargetFollowsTheDecodeStep) {
   for (const double factor : {0.0, 1.5}) {
     ItlHarness h(factor);
     auto channels = h.Decoders(8, 200);
-    for (int i = 0; i < 4; ++i) h.scheduler->Step();  // decode-only steps: the estimate
+    for (int i = 0; i < 4; ++i) h.Step();  // decode-only steps: the estimate
     if (factor > 0) {
       EXPECT_GE(h.scheduler->Stats().itl_target_ms, 1.5 * 16);
     } else {
       EXPECT_EQ(h.scheduler->Stats().itl_target_ms, 0);
     }
     channels.push_back(h.Submit(std::vector<int32_t>(2000, 7), 1));
-    for (int i = 0; i < 30; ++i) h.scheduler->Step();
+    for (int i = 0; i < 30; ++i) h.Step();
     const auto [min_prompt, max_prompt] = h.RecentPromptTokens(8);
     if (factor > 0) {
       EXPECT_GE(min_prompt, 1) << "the prompt still advances every step";
@@ -284,11 +330,11 @@ TEST(SchedulerTest, AutomaticItlTargetFollowsTheDecodeStep) {
 TEST(SchedulerTest, AutomaticItlTargetRecoversFromAStaleEstimate) {
   ItlHarness h(1.5);
   auto channels = h.Decoders(1, 400);
-  for (int i = 0; i < 4; ++i) h.scheduler->Step();
+  for (int i = 0; i < 4; ++i) h.Step();
   EXPECT_LT(h.scheduler->Stats().itl_target_ms, 1.5 * 16) << "learnt on a 1-decode step";
   for (auto& c : h.Decoders(7, 400)) channels.push_back(c);
   channels.push_back(h.Submit(std::vector<int32_t>(4000, 7), 1));
-  for (int i = 0; i < 40; ++i) h.scheduler->Step();
+  for (int i = 0; i < 40; ++i) h.Step();
   const SchedulerStats stats = h.scheduler->Stats();
   EXPECT_GE(stats.itl_target_ms, 16) << "re-timed on the eight-decode steps";
   EXPECT_GT(stats.prefill_cap, 1);
@@ -301,11 +347,11 @@ TEST(SchedulerTest, AutomaticItlTargetRecoversFromAStaleEstimate) {
 TEST(SchedulerTest, AutomaticItlTargetProbesWhenTheEstimateIsStaleHigh) {
   ItlHarness h(1.5);
   auto channels = h.Decoders(8, 400);
-  for (int i = 0; i < 4; ++i) h.scheduler->Step();
+  for (int i = 0; i < 4; ++i) h.Step();
   EXPECT_GE(h.scheduler->Stats().itl_target_ms, 1.5 * 16);
   for (int i = 1; i < 8; ++i) channels[i]->Cancel();
   channels.push_back(h.Submit(std::vector<int32_t>(3000, 7), 1));
-  for (int i = 0; i < 80; ++i) h.scheduler->Step();
+  for (int i = 0; i < 80; ++i) h.Step();
   EXPECT_LT(h.scheduler->Stats().itl_target_ms, 12) << "re-timed on one decode (2 ms + a prompt token)";
   EXPECT_LE(h.RecentPromptTokens(1).second, 4);
   h.CancelAndDrain(channels);
@@ -317,13 +363,13 @@ TEST(SchedulerTest, AutomaticItlTargetProbesWhenTheEstimateIsStaleHigh) {
 TEST(SchedulerTest, AutomaticItlTargetLetsABurstOfPromptsIn) {
   ItlHarness h(1.5);
   auto channels = h.Decoders(4, 400);
-  for (int i = 0; i < 4; ++i) h.scheduler->Step();
+  for (int i = 0; i < 4; ++i) h.Step();
   channels.push_back(h.Submit(std::vector<int32_t>(3000, 7), 1));
-  for (int i = 0; i < 30; ++i) h.scheduler->Step();
+  for (int i = 0; i < 30; ++i) h.Step();
   EXPECT_LE(h.RecentPromptTokens(4).second, 3) << "the long prompt alone is throttled";
   std::vector<std::shared_ptr<RequestChannel>> burst;
   for (int i = 0; i < 4; ++i) burst.push_back(h.Submit(std::vector<int32_t>(8, 3), 1));
-  for (int i = 0; i < 12; ++i) h.scheduler->Step();
+  for (int i = 0; i < 12; ++i) h.Step();
   for (auto& b : burst) EXPECT_EQ(Read(*b).finals, 1) << "at 1-3 prompt tokens a step, 32 take 16+ steps";
   h.CancelAndDrain(channels);
 }
@@ -357,25 +403,25 @@ TEST(SchedulerTest, CancelAtEveryStageEndsOnceAndFreesEverything) {
   auto blocker = h.Submit({1}, 50);
   auto other = h.Submit({2}, 50);
   auto queued = h.Submit({3}, 5);                           // waits: max_num_seqs = 2
-  h.scheduler->Step();
+  h.Step();
   queued->Cancel();
-  h.scheduler->Step();
+  h.Step();
   EXPECT_EQ(Read(*queued).status.code(), absl::StatusCode::kCancelled);
   // Cancel during a chunked prefill (20 tokens, 8 per step minus the decodes).
   other->Cancel();
-  h.scheduler->Step();
+  h.Step();
   auto prefill = h.Submit(std::vector<int32_t>(20, 4), 5);
-  h.scheduler->Step();
+  h.Step();
   prefill->Cancel();
-  h.scheduler->Step();
+  h.Step();
   Result rp = Read(*prefill);
   EXPECT_EQ(rp.status.code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(rp.tokens.empty());
   // Cancel before the step that would produce the last token.
   auto last = h.Submit({9}, 2);
-  h.scheduler->Step();  // prefill → first token
+  h.Step();  // prefill → first token
   last->Cancel();
-  h.scheduler->Step();
+  h.Step();
   Result rl = Read(*last);
   EXPECT_EQ(rl.finals, 1);
   EXPECT_EQ(rl.status.code(), absl::StatusCode::kCancelled);
@@ -397,7 +443,7 @@ TEST(SchedulerTest, ExpiredRequestsAreNeverStarted) {
   h.RunToIdle();
   Result r = Read(*expired);
   EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded);
-  for (const auto& b : h.model.batches) {
+  for (const auto& b : h.batches) {
     for (int32_t t : b.token_ids) EXPECT_NE(t, 31) << "an expired request reached the model";
   }
   EXPECT_TRUE(Read(*running).status.ok());
@@ -451,7 +497,7 @@ TEST(SchedulerTest, AccountingInvariantOverTenThousandRandomOperations) {
     } else if (kind < 5 && !all.empty()) {
       all[rng() % all.size()]->Cancel();
     } else {
-      h.scheduler->Step();
+      h.Step();
       const auto s = h.scheduler->Stats();
       ASSERT_LE(s.free_blocks, s.total_blocks);
       ASSERT_LE(s.free_state_slots, s.total_state_slots);
@@ -469,6 +515,309 @@ TEST(SchedulerTest, AccountingInvariantOverTenThousandRandomOperations) {
   EXPECT_EQ(s.running, 0);
   EXPECT_EQ(s.waiting, 0);
   EXPECT_GT(all.size(), 1000u);
+}
+
+// ---- What a plan contains -------------------------------------------------------------
+
+std::vector<int32_t> Ids(absl::Span<const int32_t> span) { return {span.begin(), span.end()}; }
+
+TEST(SchedulerPlanTest, PlanCarriesTokensPositionsBlocksAndStateSlots) {
+  SchedulerOptions o;
+  o.max_num_seqs = 4;
+  o.max_num_batched_tokens = 64;
+  Harness h(o, /*num_blocks=*/16, /*block_size=*/4, /*slots=*/4);
+  auto ch = h.Submit({3, 1, 4, 1, 5, 9}, 4);
+  StepPlan plan = h.scheduler->Schedule();
+  ASSERT_EQ(plan.sequences.size(), 1u);
+  const ScheduledSequence& prefill = plan.sequences[0];
+  EXPECT_EQ(plan.block_size, 4);
+  EXPECT_EQ(plan.token_budget, 64);
+  EXPECT_EQ(plan.num_tokens, 6);
+  EXPECT_EQ(plan.decodes, 0);
+  EXPECT_EQ(plan.prompt_tokens, 6);
+  EXPECT_EQ(prefill.num_computed, 0);
+  EXPECT_EQ(prefill.num_tokens, 6);
+  EXPECT_EQ(Ids(prefill.step_tokens()), (std::vector<int32_t>{3, 1, 4, 1, 5, 9}));
+  EXPECT_EQ(prefill.context_len(), 6);
+  EXPECT_EQ(prefill.block_table.size(), 2u) << "blocks for 6 tokens of 4 per block";
+  EXPECT_NE(prefill.block_table[0], prefill.block_table[1]);
+  EXPECT_GE(prefill.state_slot, 0);
+  EXPECT_TRUE(prefill.state_fresh);
+  EXPECT_FALSE(prefill.decode);
+  EXPECT_TRUE(prefill.sample) << "the chunk reaches the end of the prompt";
+  EXPECT_EQ(prefill.num_generated, 0);
+  EXPECT_EQ(prefill.budget, nullptr) << "no budget: dense";
+  ASSERT_NE(prefill.sampling, nullptr);
+  EXPECT_EQ(prefill.logprobs_top_n, -1);
+  EXPECT_TRUE(prefill.banned.empty());
+  const std::vector<int32_t> table = Ids(prefill.block_table);
+  const uint64_t id = prefill.id;
+  const int32_t slot = prefill.state_slot;
+  StepOutput out = FakeOutput(plan, absl::ZeroDuration());
+  out.sequences[0].token = 26;
+  h.scheduler->Apply(plan, out);
+  EXPECT_EQ(h.scheduler->Stats().free_blocks, 14) << "planning took the prompt's blocks";
+
+  plan = h.scheduler->Schedule();
+  ASSERT_EQ(plan.sequences.size(), 1u);
+  const ScheduledSequence& decode = plan.sequences[0];
+  EXPECT_EQ(decode.id, id);
+  EXPECT_TRUE(decode.decode);
+  EXPECT_EQ(decode.num_computed, 6);
+  EXPECT_EQ(Ids(decode.step_tokens()), (std::vector<int32_t>{26})) << "the sampled token runs next";
+  EXPECT_EQ(Ids(decode.tokens), (std::vector<int32_t>{3, 1, 4, 1, 5, 9, 26}));
+  EXPECT_EQ(Ids(decode.block_table), table) << "position 6 still fits the second block";
+  EXPECT_EQ(decode.state_slot, slot);
+  EXPECT_FALSE(decode.state_fresh);
+  EXPECT_EQ(decode.num_generated, 1);
+  EXPECT_EQ(plan.decodes, 1);
+  EXPECT_EQ(plan.prompt_tokens, 0);
+  h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+  plan = h.scheduler->Schedule();
+  ASSERT_EQ(plan.sequences.size(), 1u);
+  EXPECT_EQ(Ids(plan.sequences[0].block_table), table) << "position 7 ends the second block";
+  h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+  plan = h.scheduler->Schedule();
+  ASSERT_EQ(plan.sequences.size(), 1u);
+  EXPECT_EQ(plan.sequences[0].num_computed, 8);
+  EXPECT_EQ(plan.sequences[0].block_table.size(), 3u) << "position 8 opens a third block";
+  EXPECT_EQ(Ids(plan.sequences[0].block_table).front(), table.front());
+  h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+  Result r = Read(*ch);
+  EXPECT_EQ(r.tokens, (std::vector<int32_t>{26, 27, 28, 29}));
+  EXPECT_EQ(r.finals, 1);
+  EXPECT_EQ(h.scheduler->Stats().free_blocks, 16);
+}
+
+TEST(SchedulerPlanTest, DecodesComeFirstAndPromptsAreChunkedInPlanOrder) {
+  SchedulerOptions o;
+  o.max_num_seqs = 4;
+  o.max_num_batched_tokens = 8;
+  Harness h(o);
+  auto decoder = h.Submit({5}, 20);
+  h.Step();
+  auto longer = h.Submit(std::vector<int32_t>(20, 7), 1);
+  auto shorter = h.Submit(std::vector<int32_t>(3, 2), 1);
+  int32_t computed = 0;
+  for (int step = 0; step < 3; ++step) {
+    const StepPlan plan = h.scheduler->Schedule();
+    ASSERT_GE(plan.sequences.size(), 2u);
+    EXPECT_LE(plan.num_tokens, o.max_num_batched_tokens);
+    EXPECT_TRUE(plan.sequences[0].decode) << "the decode goes first";
+    EXPECT_EQ(plan.sequences[0].num_tokens, 1);
+    EXPECT_EQ(plan.decodes, 1);
+    int32_t sum = 0;
+    for (const ScheduledSequence& s : plan.sequences) sum += s.num_tokens;
+    EXPECT_EQ(sum, plan.num_tokens);
+    EXPECT_EQ(plan.prompt_tokens, plan.num_tokens - 1);
+    if (step == 0) {
+      ASSERT_EQ(plan.sequences.size(), 3u);
+      EXPECT_EQ(plan.sequences[1].num_tokens, 3) << "the shorter prompt first, whole";
+      EXPECT_TRUE(plan.sequences[1].sample);
+      EXPECT_EQ(plan.sequences[2].num_tokens, 4) << "the long one gets the rest";
+      EXPECT_FALSE(plan.sequences[2].sample) << "a chunk short of the prompt's end samples nothing";
+    }
+    const ScheduledSequence& chunk = plan.sequences.back();
+    EXPECT_EQ(chunk.num_computed, computed) << "each chunk continues where the last one ended";
+    EXPECT_EQ(chunk.state_fresh, computed == 0);
+    EXPECT_EQ(chunk.block_table.size(), static_cast<size_t>((chunk.context_len() + 3) / 4));
+    computed += chunk.num_tokens;
+    h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+  }
+  EXPECT_EQ(computed, 4 + 7 + 7);
+  h.RunToIdle();
+  EXPECT_EQ(Read(*longer).tokens, (std::vector<int32_t>{8}));
+  EXPECT_EQ(Read(*shorter).tokens, (std::vector<int32_t>{3}));
+  EXPECT_EQ(Read(*decoder).tokens.size(), 20u);
+}
+
+TEST(SchedulerPlanTest, PreemptionsMadeWhileFormingAppearInThePlan) {
+  SchedulerOptions o;
+  o.max_num_seqs = 3;
+  o.max_num_batched_tokens = 64;
+  std::vector<int32_t> step_preemptions;
+  o.on_step = [&](const StepMetrics& m) { step_preemptions.push_back(m.preemptions); };
+  Harness h(o, /*num_blocks=*/6, /*block_size=*/4);
+  auto high = h.Submit({1, 2, 3, 4}, 8, /*priority=*/1);
+  auto old_low = h.Submit({2, 3, 4, 5}, 8, /*priority=*/0);
+  auto new_low = h.Submit({3, 4, 5, 6}, 8, /*priority=*/0);
+  std::vector<uint64_t> ids;  // by arrival: high, old_low, new_low
+  bool saw = false;
+  uint64_t total = 0;
+  for (int step = 0; step < 200 && h.scheduler->HasWork(); ++step) {
+    const StepPlan plan = h.scheduler->Schedule();
+    if (step == 0) {
+      for (const ScheduledSequence& s : plan.sequences) ids.push_back(s.id);
+      std::sort(ids.begin(), ids.end());
+      ASSERT_EQ(ids.size(), 3u);
+    }
+    for (uint64_t p : plan.preempted) {
+      saw = true;
+      for (const ScheduledSequence& s : plan.sequences)
+        EXPECT_NE(s.id, p) << "a preempted sequence runs";
+      if (total == 0) {
+        EXPECT_EQ(p, ids[2]) << "the newest low-priority sequence goes first";
+      }
+      EXPECT_NE(p, ids[0]) << "the high-priority sequence is never the victim";
+    }
+    total += plan.preempted.size();
+    for (const ScheduledSequence& s : plan.sequences) {
+      if (s.num_computed == 0 && step > 0) {
+        EXPECT_TRUE(s.state_fresh) << "recompute starts a fresh state";
+      }
+    }
+    h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+  }
+  EXPECT_TRUE(saw);
+  EXPECT_EQ(h.scheduler->Stats().preemptions, total);
+  uint64_t reported = 0;
+  for (int32_t p : step_preemptions) reported += p;
+  EXPECT_EQ(reported, total) << "StepMetrics counts the plan's preemptions";
+  EXPECT_EQ(Read(*high).tokens, (std::vector<int32_t>{5, 6, 7, 8, 9, 10, 11, 12}));
+  EXPECT_EQ(Read(*new_low).tokens, (std::vector<int32_t>{7, 8, 9, 10, 11, 12, 13, 14}));
+  EXPECT_EQ(Read(*old_low).finals, 1);
+  EXPECT_EQ(h.scheduler->Stats().free_blocks, 6);
+}
+
+TEST(SchedulerPlanTest, ReleasedListsFinishedAndCancelledSequences) {
+  SchedulerOptions o;
+  o.max_num_seqs = 4;
+  o.max_num_batched_tokens = 16;
+  Harness h(o);
+  auto one = h.Submit({1}, 1);
+  auto keeps = h.Submit({2}, 50);
+  StepPlan plan = h.scheduler->Schedule();
+  ASSERT_EQ(plan.sequences.size(), 2u);
+  EXPECT_TRUE(plan.released.empty());
+  const uint64_t one_id = plan.sequences[0].id, keeps_id = plan.sequences[1].id;
+  h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));  // `one` finishes
+  plan = h.scheduler->Schedule();
+  EXPECT_EQ(plan.released, (std::vector<uint64_t>{one_id})) << "finished by the last Apply";
+  ASSERT_EQ(plan.sequences.size(), 1u);
+  h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+  keeps->Cancel();
+  plan = h.scheduler->Schedule();
+  EXPECT_EQ(plan.released, (std::vector<uint64_t>{keeps_id})) << "dropped while planning";
+  EXPECT_TRUE(plan.empty());
+  h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+  EXPECT_EQ(Read(*one).finals, 1);
+  EXPECT_EQ(Read(*keeps).status.code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(h.scheduler->HasWork());
+  EXPECT_EQ(h.scheduler->Stats().steps, 2u) << "an empty plan is not a step";
+}
+
+TEST(SchedulerPlanTest, AFailedForwardEndsEveryScheduledRequestWithTheError) {
+  SchedulerOptions o;
+  o.max_num_seqs = 2;
+  o.max_num_batched_tokens = 16;
+  Harness h(o);
+  auto a = h.Submit({1, 2}, 5);
+  auto b = h.Submit({3}, 5);
+  auto queued = h.Submit({4}, 2);  // max_num_seqs = 2: not in the failed step
+  const StepPlan plan = h.scheduler->Schedule();
+  ASSERT_EQ(plan.sequences.size(), 2u);
+  StepOutput out;
+  out.start = absl::Now();
+  out.status = absl::ResourceExhaustedError("out of device memory");
+  h.scheduler->Apply(plan, out);
+  for (auto* ch : {a.get(), b.get()}) {
+    Result r = Read(*ch);
+    EXPECT_EQ(r.finals, 1);
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kInternal);
+    EXPECT_NE(r.status.message().find("model forward failed: out of device memory"),
+              absl::string_view::npos)
+        << r.status;
+    EXPECT_TRUE(r.tokens.empty());
+  }
+  h.RunToIdle();
+  Result q = Read(*queued);
+  EXPECT_TRUE(q.status.ok()) << q.status;
+  EXPECT_EQ(q.tokens, (std::vector<int32_t>{5, 6}));
+  const auto s = h.scheduler->Stats();
+  EXPECT_EQ(s.free_blocks, s.total_blocks);
+  EXPECT_EQ(s.free_state_slots, s.total_state_slots);
+}
+
+TEST(SchedulerPlanTest, BannedIdsAndSamplingOptionsTravelWithThePlan) {
+  SchedulerOptions o;
+  o.max_num_batched_tokens = 16;
+  Harness h(o);
+  GenerationRequest r;
+  r.prompt = {1, 2};
+  r.stopping.max_tokens = 4;
+  r.stopping.min_tokens = 2;
+  r.stopping.stop_token_ids = {9};
+  r.sampling.temperature = 0.7f;
+  r.sampling.seed = 42;
+  r.logprobs_top_n = 3;
+  auto ch = h.Submit(r);
+  std::vector<std::vector<int32_t>> banned;
+  for (int step = 0; step < 3; ++step) {
+    const StepPlan plan = h.scheduler->Schedule();
+    ASSERT_EQ(plan.sequences.size(), 1u);
+    const ScheduledSequence& s = plan.sequences[0];
+    ASSERT_NE(s.sampling, nullptr);
+    EXPECT_EQ(s.sampling->seed, 42u);
+    EXPECT_EQ(s.sampling->temperature, 0.7f);
+    EXPECT_EQ(s.logprobs_top_n, 3);
+    EXPECT_EQ(s.num_generated, step);
+    banned.push_back(s.banned);
+    StepOutput out = FakeOutput(plan, absl::ZeroDuration());
+    out.sequences[0].logprob.token_id = out.sequences[0].token;
+    out.sequences[0].logprob.logprob = -0.25f;
+    h.scheduler->Apply(plan, out);
+  }
+  EXPECT_EQ(banned, (std::vector<std::vector<int32_t>>{{9}, {9}, {}}))
+      << "stop ids banned below min_tokens";
+  RequestEvent e;
+  int with_logprobs = 0;
+  while (ch->TryPop(&e)) {
+    if (e.final) break;
+    ASSERT_EQ(e.logprobs.size(), 1u);
+    EXPECT_EQ(e.logprobs[0].token_id, e.tokens[0]);
+    EXPECT_EQ(e.logprobs[0].logprob, -0.25f);
+    ++with_logprobs;
+  }
+  EXPECT_EQ(with_logprobs, 3);
+  h.scheduler->AbortAll(absl::CancelledError("done"));
+}
+
+TEST(SchedulerPlanTest, ApplyAccountsTheExecutedComputeTheOutputReports) {
+  SchedulerOptions o;
+  o.max_num_batched_tokens = 16;
+  double step_executed = 0;
+  o.on_step = [&](const StepMetrics& m) { step_executed += m.executed_flops; };
+  Harness h(o);
+  GenerationRequest dense;
+  dense.prompt = {1, 2, 3, 4};
+  dense.stopping.max_tokens = 1;
+  GenerationRequest budgeted = dense;
+  budgeted.budget.skip_ratio = 0.5f;
+  auto dense_ch = h.Submit(dense);
+  auto budget_ch = h.Submit(budgeted);
+  const StepPlan plan = h.scheduler->Schedule();
+  ASSERT_EQ(plan.sequences.size(), 2u);
+  EXPECT_EQ(plan.sequences[0].budget, nullptr);
+  ASSERT_NE(plan.sequences[1].budget, nullptr);
+  EXPECT_EQ(plan.sequences[1].budget->skip_ratio, 0.5f);
+  StepOutput out = FakeOutput(plan, absl::ZeroDuration());
+  for (SequenceOutput& so : out.sequences) {
+    so.has_cost = true;
+    so.cost.saved_flops = 1.5;
+    so.cost.branches_skipped = 3;
+    so.cost.branches_total = 8;
+  }
+  h.scheduler->Apply(plan, out);
+  Result d = Read(*dense_ch), b = Read(*budget_ch);
+  // The fake's dense cost is one FLOP a token: 4 prompt tokens.
+  EXPECT_EQ(d.usage.dense_flops, 4);
+  EXPECT_EQ(d.usage.executed_flops, 4) << "a sequence without a budget counts as dense";
+  EXPECT_EQ(d.usage.branches_total, 0u);
+  EXPECT_EQ(b.usage.dense_flops, 4);
+  EXPECT_EQ(b.usage.executed_flops, 2.5);
+  EXPECT_EQ(b.usage.branches_skipped, 3u);
+  EXPECT_EQ(b.usage.branches_total, 8u);
+  EXPECT_EQ(step_executed, 6.5);
 }
 
 }  // namespace
