@@ -122,12 +122,16 @@ std::vector<std::pair<std::string, std::function<absl::Status()>>> AllOpsOn(
   return ops;
 }
 
+// The ops that have a CUDA body (kernels/cuda/op_bodies_cuda.h): in a CUDA build they
+// would run on the host memory tagged cuda below, so the dispatch tests leave them out.
+bool HasCudaBody(const std::string& op) {
+  return CudaBackendBuilt() && (op == "FillConstant" || op == "AddInPlace");
+}
+
 TEST(DispatchTest, DeviceWithoutBodyAnswersUnimplementedNamingOpAndDevice) {
-  if (CudaBackendBuilt()) {
-    GTEST_SKIP() << "CUDA is built: its bodies would run on this host memory tagged cuda";
-  }
   NoAccessMemory mem(1 << 20);
   for (auto& [name, call] : AllOpsOn(mem, Device::kCuda)) {
+    if (HasCudaBody(name)) continue;
     absl::Status s = call();
     EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << name << ": " << s;
     EXPECT_NE(s.message().find(name + " has no cuda kernel yet"), std::string::npos)
@@ -136,7 +140,7 @@ TEST(DispatchTest, DeviceWithoutBodyAnswersUnimplementedNamingOpAndDevice) {
 }
 
 TEST(DispatchTest, ChecksDoNotReadContentsSoGarbageMetadataStillGivesUnimplemented) {
-  if (CudaBackendBuilt()) GTEST_SKIP() << "CUDA is built: its bodies would read this memory";
+  // None of these ops has a CUDA body yet, so this runs in CUDA builds too.
   // Host memory full of out-of-range ids, slots, rows, blocks and k's, tagged cuda: a
   // check that read them would answer OUT_OF_RANGE or INVALID_ARGUMENT.
   std::vector<int32_t> garbage(1 << 14, -123456);
@@ -172,7 +176,9 @@ TEST(DispatchTest, ChecksDoNotReadContentsSoGarbageMetadataStillGivesUnimplement
   Tensor conv_state = tag(51200, {2, 8, 3}, DType::kF32), w = tag(53248, {8, 4}, DType::kF32);
   EXPECT_EQ(CausalConv1dSilu(out, w, seqs, &conv_state, &y).code(),
             absl::StatusCode::kUnimplemented);
-  // The host-metadata forms off the CPU: UNIMPLEMENTED too, naming the op.
+  // The host-metadata forms off the CPU: UNIMPLEMENTED too, naming the op. In a CUDA
+  // build they first upload the metadata, which needs a real GPU.
+  if (CudaBackendBuilt()) return;
   std::vector<int32_t> blocks = {0};
   for (absl::Status s :
        {PagedAttention(q, kc, kc, {AttentionSequence{0, 4, 4, blocks.data()}}, 1.f, &o),
