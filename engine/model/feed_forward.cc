@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/device_memory.h"
+#include "kernels/moe.h"
 #include "kernels/status_macros.h"
 
 namespace sluice::engine {
@@ -60,6 +61,8 @@ absl::StatusOr<std::unique_ptr<MoeFeedForward>> MoeFeedForward::Load(const Model
   SLUICE_ASSIGN_OR_RETURN(Tensor router, ckpt.Get(block + "gate.weight", {moe.num_experts, h}));
   SLUICE_ASSIGN_OR_RETURN(m->router_, kernels::Linear::Create(router, device));
 
+  // Each expert's stacked [gate | up] and down weights; GroupedExperts packs them all.
+  std::vector<Tensor> gate_ups, downs;
   if (ckpt.Contains(block + "experts.gate_up_proj")) {
     // transformers >= 5 layout: gate_up [E, 2I, H] (gate rows, then up rows), down [E, H, I].
     SLUICE_ASSIGN_OR_RETURN(Tensor gate_up, ckpt.Get(block + "experts.gate_up_proj", {moe.num_experts, 2 * inter, h}));
@@ -67,46 +70,48 @@ absl::StatusOr<std::unique_ptr<MoeFeedForward>> MoeFeedForward::Load(const Model
     for (int64_t e = 0; e < moe.num_experts; ++e) {
       SLUICE_ASSIGN_OR_RETURN(Tensor gu, gate_up.Rows(e, 1).Reshape({2 * inter, h}));
       SLUICE_ASSIGN_OR_RETURN(Tensor d, down.Rows(e, 1).Reshape({h, inter}));
-      SLUICE_ASSIGN_OR_RETURN(auto expert, SwiGluFeedForward::FromWeights(gu, d, device));
-      m->experts_.push_back(std::move(expert));
+      gate_ups.push_back(std::move(gu));
+      downs.push_back(std::move(d));
     }
   } else {
     // Hub layout, one tensor per expert: gate/up/down_proj, or Mixtral's w1/w3/w2.
     const bool mixtral_names = ckpt.Contains(block + "experts.0.w1.weight");
     for (int64_t e = 0; e < moe.num_experts; ++e) {
       const std::string ep = absl::StrCat(block, "experts.", e, ".");
-      if (!mixtral_names) {
-        SLUICE_ASSIGN_OR_RETURN(auto expert, SwiGluFeedForward::Load(ckpt, ep, h, inter, device));
-        m->experts_.push_back(std::move(expert));
-        continue;
-      }
-      SLUICE_ASSIGN_OR_RETURN(Tensor w1, ckpt.Get(ep + "w1.weight", {inter, h}));
-      SLUICE_ASSIGN_OR_RETURN(Tensor w3, ckpt.Get(ep + "w3.weight", {inter, h}));
-      SLUICE_ASSIGN_OR_RETURN(Tensor w2, ckpt.Get(ep + "w2.weight", {h, inter}));
-      SLUICE_ASSIGN_OR_RETURN(Tensor gate_up, kernels::ConcatRows({w1, w3}));
-      SLUICE_ASSIGN_OR_RETURN(auto expert, SwiGluFeedForward::FromWeights(gate_up, w2, device));
-      m->experts_.push_back(std::move(expert));
+      const std::string gate_name = ep + (mixtral_names ? "w1.weight" : "gate_proj.weight");
+      const std::string up_name = ep + (mixtral_names ? "w3.weight" : "up_proj.weight");
+      const std::string down_name = ep + (mixtral_names ? "w2.weight" : "down_proj.weight");
+      SLUICE_ASSIGN_OR_RETURN(Tensor gate, ckpt.Get(gate_name, {inter, h}));
+      SLUICE_ASSIGN_OR_RETURN(Tensor up, ckpt.Get(up_name, {inter, h}));
+      SLUICE_ASSIGN_OR_RETURN(Tensor down, ckpt.Get(down_name, {h, inter}));
+      SLUICE_ASSIGN_OR_RETURN(Tensor gate_up, kernels::ConcatRows({gate, up}));
+      gate_ups.push_back(std::move(gate_up));
+      downs.push_back(std::move(down));
     }
   }
+  SLUICE_ASSIGN_OR_RETURN(m->experts_, kernels::GroupedExperts::Create(gate_ups, downs, device));
+  gate_ups.clear();  // the stacked copies are packed now
+  downs.clear();
   if (moe.shared_expert_intermediate_size > 0) {
     SLUICE_ASSIGN_OR_RETURN(m->shared_expert_, SwiGluFeedForward::Load(ckpt, block + "shared_expert.", h,
                                                                        moe.shared_expert_intermediate_size, device));
     SLUICE_ASSIGN_OR_RETURN(Tensor gate, ckpt.Get(block + "shared_expert_gate.weight", {1, h}));
     SLUICE_ASSIGN_OR_RETURN(m->shared_expert_gate_, kernels::Linear::Create(gate, device));
   }
-  m->expert_tokens_ = std::make_unique<std::atomic<uint64_t>[]>(m->experts_.size());
+  SLUICE_ASSIGN_OR_RETURN(m->expert_tokens_, Tensor::Zeros({moe.num_experts}, DType::kI64, device));
   return m;
 }
 
 absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out, const RowControls* controls) {
   const int64_t tokens = x.dim(0);
   const kernels::Device device = x.device();
-  const int64_t num_experts = static_cast<int64_t>(experts_.size());
+  const int64_t num_experts = experts_->num_experts();
   SLUICE_ASSIGN_OR_RETURN(Tensor logits, Tensor::Empty({tokens, num_experts}, DType::kF32, device));
   SLUICE_RETURN_IF_ERROR(router_->Forward(x, &logits));
   SLUICE_ASSIGN_OR_RETURN(Tensor chosen, Tensor::Empty({tokens, top_k_}, DType::kI32, device));
   SLUICE_ASSIGN_OR_RETURN(Tensor weights, Tensor::Empty({tokens, top_k_}, DType::kF32, device));
-  // Per-row k (experts_per_token); empty when every row uses the model's k.
+  // Per-row k (experts_per_token); empty when every row uses the model's k. The budget
+  // controls are host data the step already holds, so costs need no device read.
   std::vector<int32_t> row_k;
   if (controls != nullptr && !controls->experts.empty()) {
     bool any = false;
@@ -119,7 +124,7 @@ absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out, const RowCont
     if (!any) row_k.clear();
   }
   if (controls != nullptr && controls->costs != nullptr) {
-    const double expert_flops = experts_[0]->FlopsPerToken();
+    const double expert_flops = experts_->ExpertFlopsPerToken();
     for (int64_t t = 0; t < tokens; ++t) {
       SequenceCost& c = (*controls->costs)[controls->row_sequence[t]];
       const int64_t k = row_k.empty() ? top_k_ : row_k[t];
@@ -128,38 +133,27 @@ absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out, const RowCont
       c.saved_flops += static_cast<double>(top_k_ - k) * expert_flops;
     }
   }
-  SLUICE_RETURN_IF_ERROR(kernels::RouteTopK(logits, top_k_, renormalize_, &chosen, &weights, row_k));
-
-  // Group the (token, weight) pairs by expert on the host; the metadata is tiny.
-  std::vector<int32_t> host_chosen(tokens * top_k_);
-  std::vector<float> host_weights(tokens * top_k_);
-  SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(host_chosen.data(), kernels::Device::kCpu, chosen.raw(), device, chosen.bytes()));
-  SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(host_weights.data(), kernels::Device::kCpu, weights.raw(), device, weights.bytes()));
-  std::vector<std::vector<int32_t>> rows(num_experts);
-  std::vector<std::vector<float>> scales(num_experts);
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int64_t i = 0; i < top_k_; ++i) {
-      const int32_t e = host_chosen[t * top_k_ + i];
-      if (e < 0) continue;  // beyond this row's experts_per_token
-      rows[e].push_back(static_cast<int32_t>(t));
-      scales[e].push_back(host_weights[t * top_k_ + i]);
+  Tensor row_k_tensor;  // undefined: every row keeps k
+  if (!row_k.empty()) {
+    if (device == kernels::Device::kCpu) {
+      // Host memory is the CPU's device memory: borrow the vector, no copy.
+      row_k_tensor = Tensor::FromBuffer(kernels::Buffer::Borrow(row_k.data(), row_k.size() * 4, device, nullptr),
+                                        0, {tokens}, DType::kI32);
+    } else {
+      // One counted upload per MoE layer, only when a budget sets experts_per_token.
+      SLUICE_ASSIGN_OR_RETURN(row_k_tensor, kernels::TensorFromHost(absl::Span<const int32_t>(row_k), {tokens},
+                                                                    DType::kI32, device));
     }
   }
-  SLUICE_RETURN_IF_ERROR(kernels::FillZero(out->raw(), out->bytes(), device));
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const int64_t n = static_cast<int64_t>(rows[e].size());
-    if (n == 0) continue;  // inactive experts are never read
-    expert_tokens_[e].fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
-    SLUICE_ASSIGN_OR_RETURN(Tensor row_ids, Tensor::Empty({n}, DType::kI32, device));
-    SLUICE_ASSIGN_OR_RETURN(Tensor row_scale, Tensor::Empty({n}, DType::kF32, device));
-    SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(row_ids.raw(), device, rows[e].data(), kernels::Device::kCpu, n * 4));
-    SLUICE_RETURN_IF_ERROR(kernels::CopyBytes(row_scale.raw(), device, scales[e].data(), kernels::Device::kCpu, n * 4));
-    SLUICE_ASSIGN_OR_RETURN(Tensor xe, Tensor::Empty({n, hidden_}, DType::kF32, device));
-    SLUICE_RETURN_IF_ERROR(kernels::GatherRows(x, row_ids, &xe));
-    SLUICE_ASSIGN_OR_RETURN(Tensor ye, Tensor::Empty({n, hidden_}, DType::kF32, device));
-    SLUICE_RETURN_IF_ERROR(experts_[e]->Forward(xe, &ye));
-    SLUICE_RETURN_IF_ERROR(kernels::ScaledScatterAdd(ye, row_ids, row_scale, out));
-  }
+  SLUICE_RETURN_IF_ERROR(kernels::RouteTopK(logits, top_k_, renormalize_, &chosen, &weights, row_k_tensor));
+
+  // Group the routed entries by expert on the device, then run all active experts in one op.
+  SLUICE_ASSIGN_OR_RETURN(Tensor offsets, Tensor::Empty({num_experts + 1}, DType::kI32, device));
+  SLUICE_ASSIGN_OR_RETURN(Tensor sorted_rows, Tensor::Empty({tokens * top_k_}, DType::kI32, device));
+  SLUICE_ASSIGN_OR_RETURN(Tensor sorted_weights, Tensor::Empty({tokens * top_k_}, DType::kF32, device));
+  SLUICE_RETURN_IF_ERROR(
+      kernels::AlignRowsByExpert(chosen, weights, &offsets, &sorted_rows, &sorted_weights, &expert_tokens_));
+  SLUICE_RETURN_IF_ERROR(experts_->Forward(x, offsets, sorted_rows, sorted_weights, out));
   if (shared_expert_) {
     SLUICE_ASSIGN_OR_RETURN(Tensor shared, Tensor::Empty({tokens, hidden_}, DType::kF32, device));
     SLUICE_RETURN_IF_ERROR(shared_expert_->Forward(x, &shared));
@@ -173,19 +167,18 @@ absl::Status MoeFeedForward::Forward(const Tensor& x, Tensor* out, const RowCont
 
 double MoeFeedForward::FlopsPerToken() const {
   double flops = 2.0 * router_->in_features() * router_->out_features();
-  flops += top_k_ * experts_[0]->FlopsPerToken();
+  flops += top_k_ * experts_->ExpertFlopsPerToken();
   if (shared_expert_) flops += shared_expert_->FlopsPerToken() + 2.0 * hidden_;
   return flops;
 }
 
 std::vector<uint64_t> MoeFeedForward::ExpertTokenCounts() const {
-  std::vector<uint64_t> counts(experts_.size());
-  for (size_t e = 0; e < counts.size(); ++e) counts[e] = expert_tokens_[e].load(std::memory_order_relaxed);
-  return counts;
+  auto counts = kernels::ReadExpertTokenCounter(expert_tokens_);
+  return counts.ok() ? *std::move(counts) : std::vector<uint64_t>(experts_->num_experts(), 0);
 }
 
 size_t MoeFeedForward::ActiveWeightBytes() const {
-  size_t bytes = router_->weight_bytes() + top_k_ * experts_[0]->WeightBytes();
+  size_t bytes = router_->weight_bytes() + top_k_ * experts_->ExpertWeightBytes();
   if (shared_expert_) bytes += shared_expert_->WeightBytes() + shared_expert_gate_->weight_bytes();
   return bytes;
 }

@@ -3,12 +3,12 @@
 #ifndef SLUICE_ENGINE_MODEL_FEED_FORWARD_H_
 #define SLUICE_ENGINE_MODEL_FEED_FORWARD_H_
 
-#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/model/blocks.h"
+#include "kernels/moe.h"
 
 namespace sluice::engine {
 
@@ -34,8 +34,10 @@ class SwiGluFeedForward : public FeedForward {
 };
 
 // Router: p = softmax(gate(x)) in f32, top-k, renormalised when the family says so.
-// Experts run grouped: each active expert gathers its rows, runs its GEMMs once on
-// them, and scatters its weighted output back; no token loops over experts.
+// The routing stays on the device: RouteTopK → AlignRowsByExpert (offsets and a
+// permutation grouped by expert) → GroupedExperts (every active expert in one op). No
+// device-to-host copy and no upload inside the layer; the per-row k of a budget is known
+// on the host already, which is all the cost accounting needs.
 class MoeFeedForward : public FeedForward {
  public:
   // `prefix` is the layer's, e.g. "model.layers.3."; the block may sit under "mlp." or
@@ -52,8 +54,11 @@ class MoeFeedForward : public FeedForward {
   double FlopsPerToken() const override;
   size_t ActiveWeightBytes() const;
   int64_t top_k() const { return top_k_; }
-  double ExpertFlopsPerToken() const { return experts_[0]->FlopsPerToken(); }
-  // Tokens routed to each expert since load (expert load metrics). Thread-safe.
+  double ExpertFlopsPerToken() const { return experts_->ExpertFlopsPerToken(); }
+  // Weight bytes one expert reads (what each distinct routed expert costs a step).
+  size_t ExpertWeightBytes() const { return experts_->ExpertWeightBytes(); }
+  // Tokens routed to each expert since load (expert load metrics). Thread-safe: the
+  // device counter is updated with relaxed atomics and read the same way.
   std::vector<uint64_t> ExpertTokenCounts() const;
 
  private:
@@ -61,11 +66,10 @@ class MoeFeedForward : public FeedForward {
   int64_t top_k_ = 0;
   bool renormalize_ = false;
   std::unique_ptr<kernels::Linear> router_;
-  std::vector<std::unique_ptr<SwiGluFeedForward>> experts_;
+  std::unique_ptr<kernels::GroupedExperts> experts_;
   std::unique_ptr<SwiGluFeedForward> shared_expert_;  // null when absent
   std::unique_ptr<kernels::Linear> shared_expert_gate_;
-  // Relaxed atomics: the engine thread adds, a metrics scrape reads.
-  std::unique_ptr<std::atomic<uint64_t>[]> expert_tokens_;
+  kernels::Tensor expert_tokens_;  // i64 [E] on the device, AlignRowsByExpert's counter
 };
 
 }  // namespace sluice::engine

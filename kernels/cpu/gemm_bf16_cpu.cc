@@ -176,7 +176,7 @@ void WithRows(int64_t rows, Kernel&& kernel, std::integer_sequence<int, R...>) {
 // the fewest near-equal groups of at most kMaxRows (16 rows → 8 + 8).
 template <typename Kernel>
 void ForEachPanelAndRowGroup(int64_t m, int64_t row_bytes, const PackedBf16Weight& w, Kernel&& kernel) {
-  const int64_t tile = std::max<int64_t>(kMaxRows, (256 * 1024) / row_bytes / kMaxRows * kMaxRows);
+  const int64_t tile = GemmRowTile(row_bytes);
   for (int64_t m0 = 0; m0 < m; m0 += tile) {
     const int64_t rows = std::min(tile, m - m0);
     const int64_t groups = (rows + kMaxRows - 1) / kMaxRows;
@@ -227,6 +227,48 @@ void GemmF32Bf16(const float* x, int64_t m, const PackedBf16Weight& w, float* y,
     WithRows(rows, [&]<int R>() { PanelKernelF32<R>(x + r * k, k, w.panel(p), y + r * ldy + p * kCols, ldy, valid); },
              std::make_integer_sequence<int, kMaxRows>());
   });
+}
+
+int64_t GemmRowTile(int64_t row_bytes) {
+  return std::max<int64_t>(kMaxRows, (256 * 1024) / row_bytes / kMaxRows * kMaxRows);
+}
+
+void RoundRowsToBf16Pairs(const float* x, int64_t m, int64_t k, int64_t kp, uint32_t* xb) {
+#ifdef SLUICE_GEMM_AVX512_BF16
+  ToBf16Pairs(x, m, k, kp, xb);
+#else
+  for (int64_t i = 0; i < m; ++i) {
+    uint16_t* dst = reinterpret_cast<uint16_t*>(xb + i * kp);
+    int64_t kk = 0;
+    for (; kk < k; ++kk) dst[kk] = F32ToBf16(x[i * k + kk]);
+    for (; kk < 2 * kp; ++kk) dst[kk] = 0;
+  }
+#endif
+}
+
+void GemmF32Bf16Panel(const float* x, const uint32_t* xb, int64_t m, const PackedBf16Weight& w,
+                      int64_t panel, float* y, int64_t ldy) {
+  if (m <= 0) return;
+  const int64_t k = w.k();
+  const int64_t valid = std::min(kCols, w.n() - panel * kCols);
+  const int64_t groups = (m + kMaxRows - 1) / kMaxRows;
+  int64_t r = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t rows = m / groups + (g < m % groups ? 1 : 0);
+#ifdef SLUICE_GEMM_AVX512_BF16
+    if (w.bf16_compute()) {
+      const int64_t kp = w.pairs();
+      WithRows(rows, [&]<int R>() { PanelKernelBf16<R>(xb + r * kp, kp, w.panel(panel), y + r * ldy + panel * kCols, ldy, valid); },
+               std::make_integer_sequence<int, kMaxRows>());
+      r += rows;
+      continue;
+    }
+#endif
+    (void)xb;
+    WithRows(rows, [&]<int R>() { PanelKernelF32<R>(x + r * k, k, w.panel(panel), y + r * ldy + panel * kCols, ldy, valid); },
+             std::make_integer_sequence<int, kMaxRows>());
+    r += rows;
+  }
 }
 
 }  // namespace sluice::kernels::cpu

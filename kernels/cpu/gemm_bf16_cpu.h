@@ -56,6 +56,23 @@ bool Bf16ComputeAvailable();
 // x: f32 [M, K] (row stride K); y: f32 with row stride ldy.
 void GemmF32Bf16(const float* x, int64_t m, const PackedBf16Weight& w, float* y, int64_t ldy);
 
+// The pieces of GemmF32Bf16, for callers that split the work over threads themselves
+// (the grouped-experts op runs many weights in one parallel region). They never thread
+// and give every output exactly the value GemmF32Bf16 gives it.
+//
+// Rows of activations per L2 tile for rows of row_bytes bytes (what GemmF32Bf16 keeps
+// resident while every panel streams past).
+int64_t GemmRowTile(int64_t row_bytes);
+// For a weight packed for bf16 compute: rounds x [m, k] (row stride k) to bf16 pairs,
+// kp = w.pairs() per row, as GemmF32Bf16 does before its panels. No-op layout otherwise.
+void RoundRowsToBf16Pairs(const float* x, int64_t m, int64_t k, int64_t kp, uint32_t* xb);
+// y[r, panel·32 + c] for rows r < m and the panel's valid columns c. The activations are
+// x (f32, row stride w.k()) for an f32-compute weight, xb (bf16 pairs, row stride
+// w.pairs(), from RoundRowsToBf16Pairs) for a bf16-compute one; the other may be null.
+// y points at row 0, column 0 of the output (row stride ldy).
+void GemmF32Bf16Panel(const float* x, const uint32_t* xb, int64_t m, const PackedBf16Weight& w,
+                      int64_t panel, float* y, int64_t ldy);
+
 }  // namespace sluice::kernels::cpu
 
 #endif  // SLUICE_KERNELS_CPU_GEMM_BF16_CPU_H_
