@@ -40,7 +40,7 @@ FROM ${RUNTIME_IMAGE}
 ARG NVIDIA_VISIBLE_DEVICES=
 # Inside a container sluiced must listen on all interfaces; it warns when that is done
 # with neither TLS nor API keys (SLUICE_API_KEYS_FILE, SLUICE_TLS_CERT/KEY).
-ENV SLUICE_MODEL=/usr/share/sluice/models/sluice-tiny \
+ENV SLUICE_MODEL=/usr/share/sluice/models/sluice-demo \
     SLUICE_LISTEN=0.0.0.0:50051 \
     SLUICE_METRICS_LISTEN=0.0.0.0:9464 \
     SLUICE_HTTP_LISTEN=0.0.0.0:8000 \

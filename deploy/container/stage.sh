@@ -14,7 +14,7 @@ mkdir -p "$out/deps/usr/share/sluice" "$out/app/usr/local/bin" "$out/app/usr/sha
 install -m 0755 -s "$bin/sluiced" "$bin/sluice" "$out/app/usr/local/bin/"
 install -m 0755 "$src/deploy/container/entrypoint.sh" "$out/app/usr/local/bin/sluiced-entrypoint"
 install -m 0755 "$src/deploy/container/healthcheck.sh" "$out/app/usr/local/bin/sluiced-healthcheck"
-cp -r "$src/deploy/models/sluice-tiny" "$out/app/usr/share/sluice/models/"
+cp -r "$src/deploy/models/sluice-demo" "$out/app/usr/share/sluice/models/"
 chmod -R a+rX "$out/app/usr/share/sluice"
 
 packages=() unowned_dirs=()

@@ -18,6 +18,7 @@
 #include "engine/cache/state_cache.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/forward_batch.h"
+#include "engine/serving_model.h"
 #include "kernels/ops.h"
 
 namespace {
@@ -127,7 +128,8 @@ int main(int argc, char** argv) {
     if (!sluice::kernels::SetMatmulPrecision(precision).ok()) return 1;
     const char* pname = precision == sluice::kernels::MatmulPrecision::kF32 ? "f32" : "bf16";
     for (const auto& dir : dirs) {
-      auto model = CausalLm::Load(dir.string(), sluice::kernels::Device::kCpu);
+      // As the engine loads it (GateSkip calibrated on the shipped text where the model has a tokenizer).
+      auto model = sluice::engine::LoadServingModel(dir.string(), sluice::kernels::Device::kCpu);
       if (!model.ok()) {
         std::printf("%s %s load-error %s\n", pname, dir.filename().c_str(), std::string(model.status().message()).c_str());
         continue;

@@ -161,7 +161,10 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ModelGoldenTest,
                                            Case{"olmoe_f32", 1e-4f}, Case{"qwen3_next_f32", 1e-4f},
                                            Case{"qwen3_next_bf16", 2e-2f}, Case{"qwen3_5_f32", 1e-4f},
                                            Case{"qwen3_5_moe_f32", 1e-4f},
-                                           Case{"qwen3_5_vl_wrapper_f32", 1e-4f}),
+                                           Case{"qwen3_5_vl_wrapper_f32", 1e-4f},
+                                           // The trained demo model (deploy/models/sluice-demo):
+                                           // bf16 weights, golden computed in f32 on them.
+                                           Case{"sluice_demo_bf16", 1e-4f}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
