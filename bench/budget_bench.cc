@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/cache/kv_cache.h"
 #include "engine/model/causal_lm.h"
+#include "engine/serving_model.h"
 #include "kernels/ops.h"
 
 ABSL_FLAG(std::string, model, "", "Checkpoint directory");
@@ -31,6 +32,7 @@ ABSL_FLAG(int32_t, repeats, 3, "Timed rounds over all settings (each setting's b
 ABSL_FLAG(int32_t, kl_prompts, 4, "Prompts in the KL set");
 ABSL_FLAG(int32_t, kl_length, 64, "Tokens per KL prompt");
 ABSL_FLAG(int32_t, threads, 0, "Threads (0: all cores)");
+ABSL_FLAG(std::string, quantization, "none", "Weights quantized at load: none, int8 or int4 (as sluiced)");
 
 namespace {
 
@@ -121,7 +123,11 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_threads) > 0) sluice::kernels::SetNumThreads(absl::GetFlag(FLAGS_threads));
   const std::string dir = absl::GetFlag(FLAGS_model);
   const auto load_start = std::chrono::steady_clock::now();
-  auto loaded = CausalLm::Load(dir, sluice::kernels::Device::kCpu);
+  auto quantization = sluice::kernels::ParseWeightQuantization(absl::GetFlag(FLAGS_quantization));
+  Check(quantization.status());
+  sluice::engine::ModelLoadOptions load_options;
+  load_options.quantization = *quantization;
+  auto loaded = sluice::engine::LoadServingModel(dir, sluice::kernels::Device::kCpu, load_options);
   Check(loaded.status());
   CausalLm& model = **loaded;
   const double load_s = Seconds(load_start);

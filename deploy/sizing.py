@@ -11,8 +11,10 @@ config here and cross-checked against what sluice-inspect prints.
 
 The arithmetic is the engine's (engine/engine.cc, engine/cache/*.cc):
 
-- KV cache (f32): per token and attention layer 2 (K and V) x num_kv_heads x head_dim x 4
-  bytes, in blocks of 16 tokens; a sequence of L tokens holds ceil(L / 16) blocks.
+- KV cache (--kv_cache_dtype, sluiced's default bf16): per token and attention layer 2 (K
+  and V) x num_kv_heads x head_dim x 2 bytes (f32: x 4; fp8: x 1, plus one 4-byte scale per
+  K and V row: 2 x num_kv_heads x 4), in blocks of 16 tokens; a sequence of L tokens holds
+  ceil(L / 16) blocks.
 - Recurrent state (Gated DeltaNet layers, f32): one slot per running sequence, per linear
   layer 4 x (conv_dim x (conv_kernel - 1) + num_value_heads x key_head_dim x value_head_dim)
   bytes, conv_dim = 2 x num_key_heads x key_head_dim + num_value_heads x value_head_dim.
@@ -40,6 +42,8 @@ ROOT = os.path.dirname(HERE)
 BLOCK_SIZE = 16  # engine/engine.h EngineOptions::block_size
 F32 = 4
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+KV_DTYPE_BYTES = {"f32": 4, "bf16": 2, "fp8": 1}  # --kv_cache_dtype (engine/cache/kv_cache.cc)
+DEFAULT_KV_CACHE_DTYPE = "bf16"  # sluiced's default
 DEFAULT_KV_CACHE_MEMORY = 2 << 30
 DEFAULT_MAX_NUM_SEQS = 64  # sluiced's default
 FLAGSHIPS = [
@@ -66,8 +70,9 @@ def default_inspect():
 class ModelShape:
     """The cache-relevant shapes of one config.json, as the engine reads them."""
 
-    def __init__(self, path, inspect=None):
+    def __init__(self, path, inspect=None, kv_cache_dtype=DEFAULT_KV_CACHE_DTYPE):
         self.path = path
+        self.kv_cache_dtype = kv_cache_dtype
         with open(path) as f:
             root = json.load(f)
         outer = root.get("model_type", "")
@@ -123,7 +128,8 @@ class ModelShape:
     # --- per-unit bytes -------------------------------------------------------------
     @property
     def kv_bytes_per_token(self):
-        return self.num_attention_layers * 2 * self.num_kv_heads * self.head_dim * F32
+        row = self.head_dim * KV_DTYPE_BYTES[self.kv_cache_dtype] + (F32 if self.kv_cache_dtype == "fp8" else 0)
+        return self.num_attention_layers * 2 * self.num_kv_heads * row
 
     @property
     def kv_bytes_per_block(self):
@@ -242,6 +248,7 @@ def main():
     ap.add_argument("configs", nargs="*", help="config.json files (default: the flagships in tests/data/configs)")
     ap.add_argument("--kv_cache_memory", type=int, default=DEFAULT_KV_CACHE_MEMORY)
     ap.add_argument("--max_num_seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
+    ap.add_argument("--kv_cache_dtype", default=DEFAULT_KV_CACHE_DTYPE, choices=sorted(KV_DTYPE_BYTES))
     ap.add_argument("--contexts", default="4096,32768", help="context lengths for the concurrency columns")
     ap.add_argument("--max_model_len", type=int, default=32768,
                     help="for the 'smallest --kv_cache_memory that starts' column")
@@ -254,7 +261,7 @@ def main():
         entries = [(os.path.basename(os.path.dirname(os.path.abspath(p))), p) for p in args.configs]
     else:
         entries = [(n, os.path.join(ROOT, p)) for n, p in FLAGSHIPS]
-    models = [(n, ModelShape(p, inspect=args.inspect)) for n, p in entries]
+    models = [(n, ModelShape(p, inspect=args.inspect, kv_cache_dtype=args.kv_cache_dtype)) for n, p in entries]
 
     if args.json:
         out = {}
@@ -275,7 +282,7 @@ def main():
         return
 
     (sh, sr), (bh, br) = tables(models, args.kv_cache_memory, args.max_num_seqs, contexts)
-    print(f"Per model (KV cache and state in f32, KV in blocks of {BLOCK_SIZE} tokens; a sequence "
+    print(f"Per model (KV cache in {args.kv_cache_dtype}, state in f32, KV in blocks of {BLOCK_SIZE} tokens; a sequence "
           f"costs one state slot plus its blocks):\n")
     print_table(sh, sr, args.markdown)
     print(f"\nWhat --kv_cache_memory={args.kv_cache_memory} ({gib(args.kv_cache_memory)}) buys, in "

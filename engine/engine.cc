@@ -18,7 +18,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   engine->options_ = options;
   if (options.threads > 0) kernels::SetNumThreads(options.threads);
   SLUICE_RETURN_IF_ERROR(kernels::SetMatmulPrecision(options.matmul_precision));
-  SLUICE_ASSIGN_OR_RETURN(engine->model_, LoadServingModel(options.model_dir, options.device));
+  ModelLoadOptions load;
+  load.quantization = options.quantization;
+  load.int4_group_size = options.int4_group_size;
+  load.quantize_embeddings = options.quantize_embeddings;
+  SLUICE_ASSIGN_OR_RETURN(engine->model_, LoadServingModel(options.model_dir, options.device, load));
   const int64_t model_max = engine->model_->max_context();
   int64_t max_len = options.max_model_len > 0 ? options.max_model_len : model_max;
   if (max_len > model_max) {
@@ -56,6 +60,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
         " bytes each); raise --kv_cache_memory or lower --max_num_seqs"));
   }
   KvCacheShape shape = engine->model_->KvShape(options.block_size);
+  shape.dtype = options.kv_cache_dtype;
   const size_t per_block = std::max<size_t>(shape.BytesPerBlock(), 1);
   shape.num_blocks = static_cast<int32_t>(
       std::min<int64_t>((options.kv_cache_memory - state_bytes) / per_block, 1 << 30));
@@ -72,6 +77,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
         " bytes); raise --kv_cache_memory or lower --max_model_len"));
   }
   SLUICE_ASSIGN_OR_RETURN(PagedKvCache cache, PagedKvCache::Create(shape, options.device));
+  engine->kv_cache_shape_ = shape;
   SLUICE_ASSIGN_OR_RETURN(RecurrentStateCache state, RecurrentStateCache::Create(state_shape, options.device));
 
   SchedulerOptions so;

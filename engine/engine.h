@@ -33,8 +33,15 @@ struct EngineOptions {
   int32_t max_queue = 1024;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
   int64_t kv_cache_memory = 512ll << 20;
+  // What the KV cache stores K and V as: f32, bf16 or f8_e4m3 (engine/cache/kv_cache.h).
+  // f32 here, the library default (exact against transformers); sluiced serves bf16.
+  kernels::DType kv_cache_dtype = kernels::DType::kF32;
   // Arithmetic of bf16-weight matmuls (kernels/ops.h): exact f32 or faster bf16.
   kernels::MatmulPrecision matmul_precision = kernels::MatmulPrecision::kF32;
+  // Load-time weight quantization (ModelLoadOptions, engine/model/causal_lm.h).
+  kernels::WeightQuantization quantization = kernels::WeightQuantization::kNone;
+  int64_t int4_group_size = 128;
+  bool quantize_embeddings = true;  // with a quantization: the embedding and LM head too
   int32_t block_size = 16;
   double itl_target_ms = 0;        // see SchedulerOptions::itl_target_ms
   double itl_target_factor = 1.3;  // see SchedulerOptions::itl_target_factor
@@ -70,6 +77,8 @@ class Engine {
 
   const CausalLm& model() const { return *model_; }
   int64_t max_model_len() const { return max_model_len_; }
+  // The KV cache as sized from kv_cache_memory: dtype, blocks, bytes per block.
+  const KvCacheShape& kv_cache_shape() const { return kv_cache_shape_; }
   SchedulerStats Stats() const { return scheduler_->Stats(); }
 
  private:
@@ -81,6 +90,7 @@ class Engine {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ModelRunner> runner_;  // engine thread only
   int64_t max_model_len_ = 0;
+  KvCacheShape kv_cache_shape_;
 
   std::mutex mu_;
   std::condition_variable cv_;

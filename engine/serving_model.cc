@@ -28,8 +28,9 @@ const char kGateSkipCalibrationText[] =
     "together, and knead it for ten minutes. Let it rest under a cloth for an hour.\n";
 
 absl::StatusOr<std::unique_ptr<CausalLm>> LoadServingModel(const std::string& model_dir,
-                                                            kernels::Device device) {
-  ModelLoadOptions options;
+                                                            kernels::Device device,
+                                                            const ModelLoadOptions& base) {
+  ModelLoadOptions options = base;
   options.gateskip_calibration_ids = [model_dir](int64_t vocab_size) {
     std::vector<int32_t> ids;
     if (std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json")) {

@@ -16,9 +16,11 @@ namespace sluice::engine {
 extern const char kGateSkipCalibrationText[];
 
 // CausalLm::Load with GateSkip calibrated on kGateSkipCalibrationText tokenized by the
-// model directory's tokenizer.json (fixed pseudo-random ids when it has none).
+// model directory's tokenizer.json (fixed pseudo-random ids when it has none). The
+// other fields of `options` (quantization) are passed through.
 absl::StatusOr<std::unique_ptr<CausalLm>> LoadServingModel(const std::string& model_dir,
-                                                            kernels::Device device);
+                                                            kernels::Device device,
+                                                            const ModelLoadOptions& options = {});
 
 }  // namespace sluice::engine
 

@@ -24,6 +24,10 @@ namespace sluice::kernels {
 // Packs `weight` (any device) into a Linear whose GEMM runs on the dispatched device.
 SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<std::unique_ptr<Linear>>, CreateLinear, "Linear",
                            const Tensor& weight);
+// A quantized Linear (options.quantization != kNone) on the dispatched device; a device
+// without a kernel for the format answers UNIMPLEMENTED.
+SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<std::unique_ptr<Linear>>, CreateQuantizedLinear,
+                           "quantized Linear", const Tensor& weight, const LinearOptions& options);
 // f32 copy of t on t's device.
 SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<Tensor>, ToF32, "ToF32", const Tensor& t);
 // parts: 2-D, equal columns, all on the dispatched device.
@@ -32,6 +36,9 @@ SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<Tensor>, ConcatRows, "ConcatRows",
 
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, EmbeddingLookup, "EmbeddingLookup", const Tensor& table,
                            const Tensor& ids, Tensor* out);
+SLUICE_DECLARE_DEVICE_BODY(absl::Status, EmbeddingLookupInt8, "EmbeddingLookup(int8)",
+                           const Tensor& table, const Tensor& row_scales, const Tensor& ids,
+                           Tensor* out);
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, RmsNorm, "RmsNorm", const Tensor& x,
                            const Tensor& weight, float eps, float weight_offset, Tensor* out);
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, ApplyRotaryEmbedding, "ApplyRotaryEmbedding",
@@ -62,14 +69,16 @@ SLUICE_DECLARE_DEVICE_BODY(absl::Status, HeadSkipMask, "HeadSkipMask",
                            const Tensor& head_gate_mean, const Tensor& row_floor, Tensor* mask);
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, GatherRows, "GatherRows", const Tensor& x,
                            const Tensor& rows, Tensor* out);
+// k_scale, v_scale: null unless the cache is f8_e4m3.
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, WriteKvCache, "WriteKvCache", const Tensor& k,
                            const Tensor& v, const Tensor& slot_mapping, Tensor* k_cache,
-                           Tensor* v_cache);
-// head_skip: i32 [T, H_q] or undefined.
+                           Tensor* v_cache, Tensor* k_scale, Tensor* v_scale);
+// head_skip: i32 [T, H_q] or undefined; k_scale, v_scale: undefined unless f8_e4m3.
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, PagedAttention, "PagedAttention", const Tensor& q,
                            const Tensor& k_cache, const Tensor& v_cache,
                            const AttentionBatch& batch, float scale, Tensor* out,
-                           const Tensor& head_skip);
+                           const Tensor& head_skip, const Tensor& k_scale,
+                           const Tensor& v_scale);
 
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, CausalConv1dSilu, "CausalConv1dSilu", const Tensor& x,
                            const Tensor& weight, const LinearAttentionBatch& batch,

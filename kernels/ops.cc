@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
+#include "kernels/cpu/gemm_int8_cpu.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/device_memory.h"
 #include "kernels/dispatch.h"
@@ -40,14 +41,58 @@ void SetNumThreads(int n) {
 }
 int NumThreads() { return omp_get_max_threads(); }
 
+namespace {
+thread_local LinearOptions t_default_linear_options;
+}  // namespace
+
+absl::string_view WeightQuantizationName(WeightQuantization q) {
+  switch (q) {
+    case WeightQuantization::kInt8:
+      return "int8";
+    case WeightQuantization::kInt4:
+      return "int4";
+    case WeightQuantization::kNone:
+    default:
+      return "none";
+  }
+}
+
+absl::StatusOr<WeightQuantization> ParseWeightQuantization(absl::string_view name) {
+  if (name == "none") return WeightQuantization::kNone;
+  if (name == "int8") return WeightQuantization::kInt8;
+  if (name == "int4") return WeightQuantization::kInt4;
+  return absl::InvalidArgumentError(
+      absl::StrCat("quantization \"", name, "\": must be none, int8 or int4"));
+}
+
+ScopedLinearOptions::ScopedLinearOptions(const LinearOptions& options)
+    : previous_(t_default_linear_options) {
+  t_default_linear_options = options;
+}
+ScopedLinearOptions::~ScopedLinearOptions() { t_default_linear_options = previous_; }
+
 absl::StatusOr<std::unique_ptr<Linear>> Linear::Create(const Tensor& weight, Device device) {
+  return Create(weight, device, t_default_linear_options);
+}
+
+absl::StatusOr<std::unique_ptr<Linear>> Linear::Create(const Tensor& weight, Device device,
+                                                       const LinearOptions& options) {
   if (!weight.defined() || weight.rank() != 2) {
     return absl::InvalidArgumentError("Linear: weight must be a 2-D [out, in] tensor");
   }
-  if (weight.dtype() == DType::kI32 || weight.dtype() == DType::kI64) {
-    return absl::InvalidArgumentError("Linear: integer weight");
+  if (weight.dtype() != DType::kF32 && weight.dtype() != DType::kBF16 &&
+      weight.dtype() != DType::kF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Linear: weight must be f32, bf16 or f16, not ", DTypeName(weight.dtype())));
   }
-  return SLUICE_DEVICE_DISPATCH(device, CreateLinearBody<D>(weight));
+  if (options.quantization == WeightQuantization::kNone) {
+    return SLUICE_DEVICE_DISPATCH(device, CreateLinearBody<D>(weight));
+  }
+  if (options.quantization == WeightQuantization::kInt4 && options.group_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Linear: int4 group size ", options.group_size, " must be positive"));
+  }
+  return SLUICE_DEVICE_DISPATCH(device, CreateQuantizedLinearBody<D>(weight, options));
 }
 
 absl::Status Linear::Forward(const Tensor& x, Tensor* y) {
@@ -99,6 +144,43 @@ absl::Status EmbeddingLookup(const Tensor& table, const Tensor& ids, Tensor* out
   SLUICE_RETURN_IF_ERROR(Expect(table.dtype() == DType::kF32 || table.dtype() == DType::kBF16,
                                 "EmbeddingLookup", "table must be f32 or bf16"));
   return SLUICE_DEVICE_DISPATCH(out->device(), EmbeddingLookupBody<D>(table, ids, out));
+}
+
+absl::Status EmbeddingLookup(const Tensor& table, const Tensor& row_scales, const Tensor& ids,
+                             Tensor* out) {
+  SLUICE_RETURN_IF_ERROR(CheckDevices("EmbeddingLookup", {&table, &row_scales, &ids, out}));
+  SLUICE_RETURN_IF_ERROR(Expect(table.rank() == 2 && table.dtype() == DType::kI8 &&
+                                    row_scales.dtype() == DType::kF32 &&
+                                    row_scales.numel() == table.dim(0) &&
+                                    ids.dtype() == DType::kI32 && out->dtype() == DType::kF32 &&
+                                    out->rank() == 2 && out->dim(0) == ids.numel() &&
+                                    out->dim(1) == table.dim(1),
+                                "EmbeddingLookup", "int8 table: shape or dtype mismatch"));
+  return SLUICE_DEVICE_DISPATCH(out->device(),
+                                EmbeddingLookupInt8Body<D>(table, row_scales, ids, out));
+}
+
+absl::StatusOr<QuantizedRows> QuantizeRowsInt8(const Tensor& weight, Device device) {
+  if (!weight.defined() || weight.rank() != 2 || weight.device() != Device::kCpu) {
+    return absl::InvalidArgumentError("QuantizeRowsInt8: weight must be a 2-D CPU tensor");
+  }
+  SLUICE_ASSIGN_OR_RETURN(Tensor wf, ToF32(weight, Device::kCpu));
+  const int64_t rows = weight.dim(0), cols = weight.dim(1);
+  QuantizedRows out;
+  SLUICE_ASSIGN_OR_RETURN(Tensor values, Tensor::Empty({rows, cols}, DType::kI8, Device::kCpu));
+  SLUICE_ASSIGN_OR_RETURN(Tensor scales, Tensor::Empty({rows}, DType::kF32, Device::kCpu));
+  const float* src = wf.data<float>();
+  int8_t* q = values.data<int8_t>();
+  float* s = scales.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) s[r] = cpu::QuantizeRowInt8(src + r * cols, cols, q + r * cols);
+  if (device == Device::kCpu) return QuantizedRows{values, scales};
+  // A load-time move between devices (weights): raw bytes, not a step transfer.
+  SLUICE_ASSIGN_OR_RETURN(out.values, Tensor::Empty({rows, cols}, DType::kI8, device));
+  SLUICE_ASSIGN_OR_RETURN(out.scales, Tensor::Empty({rows}, DType::kF32, device));
+  SLUICE_RETURN_IF_ERROR(CopyBytes(out.values.raw(), device, values.raw(), Device::kCpu, values.bytes()));
+  SLUICE_RETURN_IF_ERROR(CopyBytes(out.scales.raw(), device, scales.raw(), Device::kCpu, scales.bytes()));
+  return out;
 }
 
 absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, float weight_offset,
@@ -269,36 +351,70 @@ absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor* out) {
   return SLUICE_DEVICE_DISPATCH(out->device(), GatherRowsBody<D>(x, rows, out));
 }
 
+namespace {
+
+// The cache's dtype (one for K and V: f32, bf16 or f8_e4m3) and its scales: f32
+// [num_blocks, block_size, H_kv] on the cache's device for f8_e4m3, absent otherwise.
+absl::Status CheckKvCacheDtype(absl::string_view op, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor* k_scale, const Tensor* v_scale) {
+  const DType dtype = k_cache.dtype();
+  SLUICE_RETURN_IF_ERROR(Expect(v_cache.dtype() == dtype &&
+                                    (dtype == DType::kF32 || dtype == DType::kBF16 ||
+                                     dtype == DType::kF8E4M3),
+                                op, "the K and V caches must share one dtype: f32, bf16 or f8_e4m3"));
+  const bool has_k = k_scale != nullptr && k_scale->defined();
+  const bool has_v = v_scale != nullptr && v_scale->defined();
+  if (dtype != DType::kF8E4M3) {
+    return Expect(!has_k && !has_v, op, "only an f8_e4m3 cache takes scales");
+  }
+  SLUICE_RETURN_IF_ERROR(Expect(has_k && has_v, op, "an f8_e4m3 cache needs k_scale and v_scale"));
+  SLUICE_RETURN_IF_ERROR(CheckDevices(op, {&k_cache, k_scale, v_scale}));
+  const std::vector<int64_t> want = {k_cache.dim(0), k_cache.dim(1), k_cache.dim(2)};
+  return Expect(k_scale->dtype() == DType::kF32 && v_scale->dtype() == DType::kF32 &&
+                    k_scale->shape() == want && v_scale->shape() == want,
+                op, "k_scale and v_scale must be f32 [num_blocks, block_size, H_kv]");
+}
+
+}  // namespace
+
 absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping,
-                          Tensor* k_cache, Tensor* v_cache) {
+                          Tensor* k_cache, Tensor* v_cache, Tensor* k_scale, Tensor* v_scale) {
   SLUICE_RETURN_IF_ERROR(CheckDevices("WriteKvCache", {&k, &v, &slot_mapping, k_cache, v_cache}));
   SLUICE_RETURN_IF_ERROR(Expect(k.rank() == 3 && k.shape() == v.shape() &&
                                     k_cache->rank() == 4 && k_cache->shape() == v_cache->shape() &&
                                     k_cache->dim(2) == k.dim(1) && k_cache->dim(3) == k.dim(2) &&
                                     slot_mapping.numel() == k.dim(0),
                                 "WriteKvCache", "shape mismatch"));
-  return SLUICE_DEVICE_DISPATCH(k_cache->device(),
-                                WriteKvCacheBody<D>(k, v, slot_mapping, k_cache, v_cache));
+  SLUICE_RETURN_IF_ERROR(Expect(k.dtype() == DType::kF32 && v.dtype() == DType::kF32 &&
+                                    slot_mapping.dtype() == DType::kI32,
+                                "WriteKvCache", "k and v must be f32, slot_mapping i32"));
+  SLUICE_RETURN_IF_ERROR(CheckKvCacheDtype("WriteKvCache", *k_cache, *v_cache, k_scale, v_scale));
+  return SLUICE_DEVICE_DISPATCH(
+      k_cache->device(),
+      WriteKvCacheBody<D>(k, v, slot_mapping, k_cache, v_cache,
+                          k_cache->dtype() == DType::kF8E4M3 ? k_scale : nullptr,
+                          k_cache->dtype() == DType::kF8E4M3 ? v_scale : nullptr));
 }
 
 namespace {
 
 absl::Status CheckPagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                                 Tensor* out) {
+                                 Tensor* out, const Tensor& k_scale, const Tensor& v_scale) {
   SLUICE_RETURN_IF_ERROR(CheckDevices("PagedAttention", {&q, &k_cache, &v_cache, out}));
-  return Expect(q.rank() == 3 && out->shape() == q.shape() && k_cache.rank() == 4 &&
-                    k_cache.shape() == v_cache.shape() && k_cache.dim(3) == q.dim(2) &&
-                    k_cache.dim(2) > 0 && q.dim(1) % k_cache.dim(2) == 0,
-                "PagedAttention", "shape mismatch");
+  SLUICE_RETURN_IF_ERROR(Expect(q.rank() == 3 && out->shape() == q.shape() && k_cache.rank() == 4 &&
+                                    k_cache.shape() == v_cache.shape() && k_cache.dim(3) == q.dim(2) &&
+                                    k_cache.dim(2) > 0 && q.dim(1) % k_cache.dim(2) == 0,
+                                "PagedAttention", "shape mismatch"));
+  return CheckKvCacheDtype("PagedAttention", k_cache, v_cache, &k_scale, &v_scale);
 }
 
 }  // namespace
 
 absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             const AttentionBatch& batch, float scale, Tensor* out,
-                            const Tensor& head_skip) {
+                            const Tensor& head_skip, const Tensor& k_scale, const Tensor& v_scale) {
   constexpr absl::string_view kOp = "PagedAttention";
-  SLUICE_RETURN_IF_ERROR(CheckPagedAttention(q, k_cache, v_cache, out));
+  SLUICE_RETURN_IF_ERROR(CheckPagedAttention(q, k_cache, v_cache, out, k_scale, v_scale));
   SLUICE_RETURN_IF_ERROR(
       CheckDevices(kOp, {&q, &batch.query_start, &batch.context_len, &batch.block_tables}));
   const int64_t sequences = batch.context_len.numel();
@@ -311,20 +427,23 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   SLUICE_RETURN_IF_ERROR(
       CheckOptional(kOp, "head_skip", head_skip, q.device(), DType::kI32, q.dim(0) * q.dim(1)));
   return SLUICE_DEVICE_DISPATCH(
-      out->device(), PagedAttentionBody<D>(q, k_cache, v_cache, batch, scale, out, head_skip));
+      out->device(),
+      PagedAttentionBody<D>(q, k_cache, v_cache, batch, scale, out, head_skip, k_scale, v_scale));
 }
 
 absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             absl::Span<const AttentionSequence> sequences, float scale,
-                            Tensor* out, absl::Span<const uint8_t> head_skip) {
-  SLUICE_RETURN_IF_ERROR(CheckPagedAttention(q, k_cache, v_cache, out));
+                            Tensor* out, absl::Span<const uint8_t> head_skip,
+                            const Tensor& k_scale, const Tensor& v_scale) {
+  SLUICE_RETURN_IF_ERROR(CheckPagedAttention(q, k_cache, v_cache, out, k_scale, v_scale));
   SLUICE_RETURN_IF_ERROR(Expect(head_skip.empty() ||
                                     static_cast<int64_t>(head_skip.size()) == q.dim(0) * q.dim(1),
                                 "PagedAttention", "head_skip must hold one flag per (token, head)"));
   if (q.device() == Device::kCpu) {
     // The CPU body reads host metadata as is: no tensors to build.
     return cpu::PagedAttentionChecked(q, k_cache, v_cache, sequences, scale, out,
-                                      head_skip.empty() ? nullptr : head_skip.data());
+                                      head_skip.empty() ? nullptr : head_skip.data(), k_scale,
+                                      v_scale);
   }
   // Another device: pack the host metadata into an AttentionBatch there.
   const int64_t block_size = k_cache.dim(1);
@@ -360,7 +479,7 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
     std::vector<int32_t> wide(head_skip.begin(), head_skip.end());
     SLUICE_ASSIGN_OR_RETURN(skip, UploadI32("PagedAttention", wide, {q.dim(0), q.dim(1)}, q.device()));
   }
-  return PagedAttention(q, k_cache, v_cache, batch, scale, out, skip);
+  return PagedAttention(q, k_cache, v_cache, batch, scale, out, skip, k_scale, v_scale);
 }
 
 }  // namespace sluice::kernels

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/tensor.h"
 
@@ -31,12 +32,33 @@ enum class MatmulPrecision { kF32, kBf16 };
 absl::Status SetMatmulPrecision(MatmulPrecision precision);
 MatmulPrecision GetMatmulPrecision();
 
+// How a Linear stores its weight (chosen at load: --quantization).
+//  kNone: as the checkpoint has it (bf16 stays bf16, f32/f16 become f32);
+//  kInt8: symmetric int8, one f32 scale per output channel (cpu/gemm_int8_cpu.h);
+//  kInt4: 4-bit, one scale per group of group_size inputs (cpu/gemm_int4_cpu.h).
+// Activations and accumulation stay f32 in every format.
+enum class WeightQuantization { kNone, kInt8, kInt4 };
+absl::string_view WeightQuantizationName(WeightQuantization q);  // "none", "int8", "int4"
+// "none" | "int8" | "int4"; anything else is INVALID_ARGUMENT naming the choices.
+absl::StatusOr<WeightQuantization> ParseWeightQuantization(absl::string_view name);
+
+struct LinearOptions {
+  WeightQuantization quantization = WeightQuantization::kNone;
+  int64_t group_size = 128;  // inputs per scale for kInt4
+};
+
 // y[M, N] = x[M, K] · Wᵀ for a weight stored as Hugging Face does, [N, K]. The weight
 // is converted once at creation into whatever layout the device's GEMM reads fastest.
 class Linear {
  public:
   // weight: [N, K] in f32, bf16 or f16 (f16 is widened to f32). Any device the weight
   // is on is accepted; the packed copy lives on `device`.
+  static absl::StatusOr<std::unique_ptr<Linear>> Create(const Tensor& weight, Device device,
+                                                        const LinearOptions& options);
+  // The same with the calling thread's default options: those of the innermost open
+  // ScopedLinearOptions, else LinearOptions{} (the checkpoint's own format). Model
+  // loading opens one scope so that every projection built with this form is quantized;
+  // a weight that must keep its precision (see causal_lm.cc) passes its options explicitly.
   static absl::StatusOr<std::unique_ptr<Linear>> Create(const Tensor& weight, Device device);
   virtual ~Linear() = default;
   // x: f32 [M, K]; y: f32 [M, N], preallocated on the same device. M may be 0.
@@ -45,15 +67,21 @@ class Linear {
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
+  // The stored element type: kBF16/kF32 for kNone, kI8 for kInt8.
   DType weight_dtype() const { return weight_dtype_; }
+  WeightQuantization quantization() const { return quantization_; }
   // The device whose GEMM runs Forward (where the packed weight lives).
   Device device() const { return device_; }
-  // Bytes of packed weight one forward pass reads.
-  size_t weight_bytes() const { return static_cast<size_t>(in_features_) * out_features_ * DTypeSize(weight_dtype_); }
+  // Bytes of packed weight one forward pass reads (quantized formats: values and scales).
+  virtual size_t weight_bytes() const {
+    return static_cast<size_t>(in_features_) * out_features_ * DTypeSize(weight_dtype_);
+  }
 
  protected:
-  Linear(int64_t in, int64_t out, DType dtype, Device device = Device::kCpu)
-      : in_features_(in), out_features_(out), weight_dtype_(dtype), device_(device) {}
+  Linear(int64_t in, int64_t out, DType dtype, Device device = Device::kCpu,
+         WeightQuantization quantization = WeightQuantization::kNone)
+      : in_features_(in), out_features_(out), weight_dtype_(dtype), device_(device),
+        quantization_(quantization) {}
   // The backend's GEMM, called with shapes and devices already checked and M > 0.
   // Create dispatches on the device once; the object it returns is that device's body.
   virtual absl::Status Run(const Tensor& x, Tensor* y) = 0;
@@ -61,6 +89,20 @@ class Linear {
   int64_t out_features_;
   DType weight_dtype_;
   Device device_;
+  WeightQuantization quantization_;
+};
+
+// Sets the default LinearOptions of Linear::Create(weight, device) on this thread for
+// its lifetime (scopes nest; the previous default comes back on destruction).
+class ScopedLinearOptions {
+ public:
+  explicit ScopedLinearOptions(const LinearOptions& options);
+  ~ScopedLinearOptions();
+  ScopedLinearOptions(const ScopedLinearOptions&) = delete;
+  ScopedLinearOptions& operator=(const ScopedLinearOptions&) = delete;
+
+ private:
+  LinearOptions previous_;
 };
 
 // Stacks several [N_i, K] weights into one [ΣN_i, K] weight (e.g. q|k|v or gate|up),
@@ -71,6 +113,19 @@ absl::StatusOr<Tensor> ToF32(const Tensor& t, Device device);
 
 // out[i, :] = table[ids[i], :]; table [V, H] f32|bf16, ids i32 [T], out f32 [T, H].
 absl::Status EmbeddingLookup(const Tensor& table, const Tensor& ids, Tensor* out);
+// The int8 form: out[i, j] = float(table[ids[i], j]) · row_scales[ids[i]], exactly that
+// f32 product. table: i8 [V, H]; row_scales: f32 [V] (QuantizeRowsInt8 makes both).
+absl::Status EmbeddingLookup(const Tensor& table, const Tensor& row_scales, const Tensor& ids,
+                             Tensor* out);
+
+// A weight [V, H] quantized row by row to symmetric int8 as the int8 Linear does
+// (cpu/gemm_int8_cpu.h: QuantizeRowInt8), row-major: the int8 embedding table.
+struct QuantizedRows {
+  Tensor values;  // i8 [V, H]
+  Tensor scales;  // f32 [V]
+};
+// weight: [V, H] f32|bf16|f16 on the CPU; the result lives on `device`.
+absl::StatusOr<QuantizedRows> QuantizeRowsInt8(const Tensor& weight, Device device);
 
 // Root-mean-square norm over the last dimension D, in f32:
 //   y = x · rsqrt(mean(x²) + eps) · (weight_offset + w)
@@ -147,10 +202,16 @@ absl::Status HeadSkipMask(const Tensor& head_gate_mean, const Tensor& row_floor,
 // Rows of a ragged batch, picked by index: out[i] = x[rows[i]].
 absl::Status GatherRows(const Tensor& x, const Tensor& rows, Tensor* out);
 
-// Paged KV cache: k_cache/v_cache are f32 [num_blocks, block_size, H_kv, d]. Token i of
-// the batch is written to slot slot_mapping[i] = block * block_size + offset.
+// Paged KV cache: k_cache/v_cache are [num_blocks, block_size, H_kv, d] of one dtype:
+//  f32;  bf16 (k, v rounded to nearest even, as F32ToBf16);  f8_e4m3 (kernels/fp8.h:
+//  each (token, head) row of d values as fp8 codes of x / s with s a power of two, kept
+//  in k_scale/v_scale, f32 [num_blocks, block_size, H_kv]; only fp8 caches take scales).
+// k, v: f32 [T, H_kv, d]. Token i of the batch is written to slot
+// slot_mapping[i] = block * block_size + offset; each row is converted on its own, so a
+// token's cache bytes do not depend on the batch it came in.
 absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping,
-                          Tensor* k_cache, Tensor* v_cache);
+                          Tensor* k_cache, Tensor* v_cache, Tensor* k_scale = nullptr,
+                          Tensor* v_scale = nullptr);
 
 // One sequence of a ragged attention batch. Its query rows are
 // [query_start, query_start + query_len) of q; they are the last query_len tokens of a
@@ -176,7 +237,9 @@ struct AttentionBatch {
 
 // Causal softmax attention with GQA over a paged cache:
 //   out[t, h] = softmax(scale · q[t, h] · K_{g(h)}ᵀ, causal) · V_{g(h)}
-// q, out: f32 [T, H_q, d]; H_q must be a multiple of H_kv.
+// q, out: f32 [T, H_q, d]; H_q must be a multiple of H_kv. The cache may be f32, bf16 or
+// f8_e4m3 (with k_scale/v_scale, see WriteKvCache); K and V are widened to f32 element
+// by element inside the loop (no f32 copy of the cache), and the math is f32 either way.
 // head_skip (i32 [T, H_q] on the device, or undefined): a non-zero entry skips that
 // (token, head): its output is zero and nothing is read for it, so a KV group whose
 // query heads are all skipped for a token is never read for that token (attention-gate
@@ -184,12 +247,14 @@ struct AttentionBatch {
 // context, block ids outside the cache or past max_blocks) is reported by the body.
 absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             const AttentionBatch& batch, float scale, Tensor* out,
-                            const Tensor& head_skip = Tensor());
+                            const Tensor& head_skip = Tensor(), const Tensor& k_scale = Tensor(),
+                            const Tensor& v_scale = Tensor());
 // Host-metadata form (head_skip empty or [T, H_q]), kept so that existing callers
 // compile; to be removed once the engine uploads an AttentionBatch. Same body, same bits.
 absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             absl::Span<const AttentionSequence> sequences, float scale,
-                            Tensor* out, absl::Span<const uint8_t> head_skip = {});
+                            Tensor* out, absl::Span<const uint8_t> head_skip = {},
+                            const Tensor& k_scale = Tensor(), const Tensor& v_scale = Tensor());
 
 }  // namespace sluice::kernels
 

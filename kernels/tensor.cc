@@ -22,6 +22,9 @@ size_t DTypeSize(DType dtype) {
       return 2;
     case DType::kI64:
       return 8;
+    case DType::kF8E4M3:
+    case DType::kI8:
+      return 1;
   }
   return 0;
 }
@@ -38,6 +41,10 @@ absl::string_view DTypeName(DType dtype) {
       return "int32";
     case DType::kI64:
       return "int64";
+    case DType::kF8E4M3:
+      return "float8_e4m3";
+    case DType::kI8:
+      return "int8";
   }
   return "?";
 }

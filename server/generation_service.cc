@@ -446,6 +446,8 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   info->set_bos_token_id(c.bos_token_id.value_or(-1));
   for (int32_t id : c.eos_token_ids) info->add_eos_token_ids(id);
   info->set_device(std::string(kernels::DeviceName(m->engine->model().device())));
+  info->set_quantization(std::string(kernels::WeightQuantizationName(m->engine->model().quantization())));
+  info->set_weight_format(m->engine->model().weight_format());
   return FinishNow(context, absl::OkStatus());
 }
 
@@ -466,6 +468,13 @@ grpc::ServerUnaryReactor* GenerationService::GetEngineStats(grpc::CallbackServer
   out->set_finished(s.finished);
   out->set_itl_target_ms(s.itl_target_ms);
   out->set_prefill_cap(static_cast<uint32_t>(s.prefill_cap));
+  const engine::KvCacheShape& kv = m->engine->kv_cache_shape();
+  out->set_kv_cache_dtype(std::string(engine::KvCacheDtypeName(kv.dtype)));
+  out->set_kv_block_bytes(kv.BytesPerBlock());
+  out->set_kv_block_size(static_cast<uint32_t>(kv.block_size));
+  const int64_t blocks_per_sequence = (m->engine->max_model_len() + kv.block_size - 1) / kv.block_size;
+  out->set_kv_full_context_sequences(
+      static_cast<uint32_t>(blocks_per_sequence > 0 ? s.total_blocks / blocks_per_sequence : 0));
   return FinishNow(context, absl::OkStatus());
 }
 

@@ -40,12 +40,12 @@
 #include "server/metrics.h"
 
 #ifndef SLUICE_DEFAULT_MODEL_DIR
-#define SLUICE_DEFAULT_MODEL_DIR "deploy/models/sluice-tiny"
+#define SLUICE_DEFAULT_MODEL_DIR "deploy/models/sluice-demo"
 #endif
 
 ABSL_FLAG(std::string, model, SLUICE_DEFAULT_MODEL_DIR,
           "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json). "
-          "Defaults to the embedded random-weight demo model.");
+          "Defaults to the embedded demo model (a tiny Qwen3.5-MoE trained on Shakespeare).");
 ABSL_FLAG(std::string, served_model_name, "",
           "Model name in metrics (label model_name); default: the --model directory's name");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (HOST:PORT; port 0 picks one)");
@@ -74,9 +74,19 @@ ABSL_FLAG(double, itl_target_factor, 1.3,
           "time (0: no target, prompt chunks only bounded by --max_num_batched_tokens)");
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens (0: the model's)");
 ABSL_FLAG(int64_t, kv_cache_memory, 512ll << 20, "Bytes for the KV cache and recurrent-state slots");
+ABSL_FLAG(std::string, kv_cache_dtype, "bf16",
+          "What the KV cache stores K and V as: bf16 (half of f32's bytes, ~2x the sequences), "
+          "f32 (exact against transformers) or fp8 (e4m3 with a per-row scale, ~4x)");
 ABSL_FLAG(std::string, matmul_precision, "f32",
           "bf16-weight matmuls: f32 (exact, activations stay f32) or bf16 (AVX512-BF16 "
           "dot products on bf16-rounded activations, ~2x the arithmetic rate)");
+ABSL_FLAG(std::string, quantization, "none",
+          "Weights quantized at load: none (as the checkpoint stores them), int8 (symmetric, "
+          "per output channel: half of bf16's bytes) or int4 (group-wise 4-bit). See README "
+          "\"Quantized weights\" for what stays in higher precision");
+ABSL_FLAG(bool, quantize_embeddings, true,
+          "With --quantization: quantize the embedding table (int8) and the LM head too; "
+          "false keeps both as stored");
 ABSL_FLAG(int32_t, max_message_bytes, 4 << 20, "Largest gRPC request accepted (RESOURCE_EXHAUSTED above)");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Most prompt tokens per request (0: the context)");
 ABSL_FLAG(int64_t, max_output_tokens, 0, "Largest stopping.max_tokens accepted (0: the context)");
@@ -202,6 +212,14 @@ int Run() {
   const std::string precision = absl::GetFlag(FLAGS_matmul_precision);
   if (precision != "f32" && precision != "bf16") {
     return Fail("--matmul_precision=" + precision + ": must be f32 or bf16");
+  }
+  const auto kv_cache_dtype = sluice::engine::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
+  if (!kv_cache_dtype.ok()) {
+    return Fail("--kv_cache_dtype=" + absl::GetFlag(FLAGS_kv_cache_dtype) + ": must be f32, bf16 or fp8");
+  }
+  const auto quantization = sluice::kernels::ParseWeightQuantization(absl::GetFlag(FLAGS_quantization));
+  if (!quantization.ok()) {
+    return Fail("--quantization=" + absl::GetFlag(FLAGS_quantization) + ": must be none, int8 or int4");
   }
   if (const int32_t n = absl::GetFlag(FLAGS_max_logprobs); n < 0 || n > 20) {
     return Fail(absl::StrCat("--max_logprobs=", n, ": must be between 0 and 20"));
@@ -335,10 +353,13 @@ int Run() {
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.kv_cache_memory = kv_memory;
+  options.kv_cache_dtype = *kv_cache_dtype;
   options.itl_target_ms = absl::GetFlag(FLAGS_itl_target_ms);
   options.itl_target_factor = absl::GetFlag(FLAGS_itl_target_factor);
   options.matmul_precision = precision == "bf16" ? sluice::kernels::MatmulPrecision::kBf16
                                                  : sluice::kernels::MatmulPrecision::kF32;
+  options.quantization = *quantization;
+  options.quantize_embeddings = absl::GetFlag(FLAGS_quantize_embeddings);
   options.on_step = [&metrics](const sluice::engine::StepMetrics& step) { metrics.StepFinished(step); };
   const absl::Time load_start = absl::Now();
   auto engine = sluice::engine::Engine::Create(options);
@@ -367,6 +388,13 @@ int Run() {
   std::cerr << "sluiced: loaded " << config.model_type << " (" << config.num_layers << " layers, "
             << config.TotalParameters() << " parameters) from " << model.model_dir << " and warmed up in "
             << absl::ToDoubleMilliseconds(absl::Now() - load_start) << " ms\n";
+  if (const auto& kv = model.engine->kv_cache_shape(); kv.num_layers > 0) {
+    const int64_t per_sequence = (model.engine->max_model_len() + kv.block_size - 1) / kv.block_size;
+    std::cerr << "sluiced: KV cache " << sluice::engine::KvCacheDtypeName(kv.dtype) << ": " << kv.num_blocks
+              << " blocks of " << kv.block_size << " tokens (" << kv.BytesPerBlock() << " bytes each), "
+              << kv.num_blocks / per_sequence << " sequences of max_model_len " << model.engine->max_model_len()
+              << " at once\n";
+  }
   metrics.SetEngine(model.engine.get());
   service.SetModel(&model);
   if (http != nullptr) {

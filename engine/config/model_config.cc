@@ -192,6 +192,28 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
       c.tie_word_embeddings = (*src)["tie_word_embeddings"].get<bool>();
     }
   }
+  // A pre-quantized checkpoint (FP8, GPTQ, AWQ, bitsandbytes, compressed-tensors, ...)
+  // stores packed integers and scales under names a bf16 load would misread or miss: it
+  // must never be read as if it were bf16. None is supported yet; name the method.
+  for (const json* src : std::initializer_list<const json*>{&root, &j}) {
+    for (const char* field : {"quantization_config", "compression_config"}) {
+      if (!src->contains(field)) continue;
+      const json& q = (*src)[field];
+      std::string method = "unknown";
+      if (q.is_object()) {
+        for (const char* key : {"quant_method", "format", "quant_type"}) {
+          if (q.contains(key) && q[key].is_string()) {
+            method = q[key].get<std::string>();
+            break;
+          }
+        }
+      }
+      return absl::UnimplementedError(absl::StrCat(
+          "config.json: ", field, " with quant_method \"", method,
+          "\": pre-quantized checkpoints are not supported yet; load the bf16 or f32 checkpoint "
+          "(sluiced --quantization int8|int4 quantizes it at load)"));
+    }
+  }
   for (const char* field : {"attention_bias", "mlp_bias"}) {
     if (j.contains(field) && j[field].is_boolean() && j[field].get<bool>()) {
       return absl::UnimplementedError(absl::StrCat("config.json: ", field, "=true is not supported yet"));

@@ -114,7 +114,11 @@ absl::Status AttentionMixer::Forward(const StepTensors& step, const Tensor& x, T
   SLUICE_RETURN_IF_ERROR(kernels::ApplyRotaryEmbedding(step.positions, *rope_table_, rotary_dim_, &k));
   Tensor& k_cache = step.kv_cache->key(cache_layer_);
   Tensor& v_cache = step.kv_cache->value(cache_layer_);
-  SLUICE_RETURN_IF_ERROR(kernels::WriteKvCache(k, v, step.slot_mapping, &k_cache, &v_cache));
+  // Undefined unless the cache is fp8 (per-row scales).
+  Tensor& k_scale = step.kv_cache->key_scale(cache_layer_);
+  Tensor& v_scale = step.kv_cache->value_scale(cache_layer_);
+  SLUICE_RETURN_IF_ERROR(
+      kernels::WriteKvCache(k, v, step.slot_mapping, &k_cache, &v_cache, &k_scale, &v_scale));
   // Attention-gate floor: decide per (token, head) from the output gate, before
   // attention, as a device mask PagedAttention reads (no host round trip).
   Tensor head_skip;
@@ -141,7 +145,7 @@ absl::Status AttentionMixer::Forward(const StepTensors& step, const Tensor& x, T
   SLUICE_ASSIGN_OR_RETURN(Tensor attn, Tensor::Empty({tokens, num_heads_, head_dim_}, DType::kF32, device));
   SLUICE_RETURN_IF_ERROR(kernels::PagedAttention(q, k_cache, v_cache, step.attention,
                                                  1.0f / std::sqrt(static_cast<float>(head_dim_)),
-                                                 &attn, head_skip));
+                                                 &attn, head_skip, k_scale, v_scale));
   SLUICE_ASSIGN_OR_RETURN(Tensor attn2d, attn.Reshape({tokens, q_width}));
   if (output_gate_) SLUICE_RETURN_IF_ERROR(kernels::SigmoidGateInPlace(gate, &attn2d));
   return o_proj_->Forward(attn2d, out);
@@ -172,7 +176,9 @@ absl::Status AttentionMixer::WriteSkippedRows(const StepTensors& step, const Ten
   }
   SLUICE_RETURN_IF_ERROR(kernels::ApplyRotaryEmbedding(step.positions, *rope_table_, rotary_dim_, &k));
   return kernels::WriteKvCache(k, v, step.slot_mapping, &step.kv_cache->key(cache_layer_),
-                               &step.kv_cache->value(cache_layer_));
+                               &step.kv_cache->value(cache_layer_),
+                               &step.kv_cache->key_scale(cache_layer_),
+                               &step.kv_cache->value_scale(cache_layer_));
 }
 
 double AttentionMixer::FlopsPerToken(int64_t context) const {

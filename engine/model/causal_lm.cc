@@ -31,12 +31,49 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
   const ModelConfig& c = model->config_;
   SLUICE_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(dir));
 
+  // Load-time quantization (--quantization). Every projection built with the plain
+  // Linear::Create(weight, device) inside this scope is quantized: attention q|k|v|gate
+  // and o, the Gated DeltaNet in_proj (q|k|v|z|b|a, fused) and out_proj, the dense and
+  // shared-expert MLPs, the MoE router and the shared-expert gate (feed_forward.cc),
+  // and the LM head. Routed experts stored in bf16 stay bf16 (kernels/moe.h packs them
+  // itself; quantized experts come with the grouped-experts op's int8/int4 bodies).
+  // Kept in higher precision:
+  //  - norms, A_log, dt_bias and the conv1d taps: f32 vectors already, read once a step
+  //    (a few KB per layer), so quantizing them would save nothing measurable;
+  //  - the GateSkip residual gates: they decide which branch a token skips against
+  //    thresholds calibrated at load, and are [H, H] or [1, H] (small next to the
+  //    branch they gate);
+  //  - the embedding and the LM head when quantize_embeddings is false.
+  // The int8 format is per output channel, so the small gate rows fused into a larger
+  // projection (in_proj's b and a rows, the router's expert rows) each get their own
+  // scale and lose no precision to their neighbours. Measured on the golden fixtures
+  // (tests/unit/quantized_linear_test.cc; README "Quantized weights"): keeping one part
+  // unquantized at a time — the FFNs (router and shared-expert gate included), the Gated
+  // DeltaNet mixers (their b/a gate rows included), the attention mixers, the LM head —
+  // lowered the mean KL by at most 2.6x (attention, the bulk of those layers' bytes) and
+  // by ≤ 1.5x for the others, with no part dominating; so only the above is kept.
+  kernels::LinearOptions quantized;
+  quantized.quantization = options.quantization;
+  quantized.group_size = options.int4_group_size;
+  const bool quantize = options.quantization != kernels::WeightQuantization::kNone;
+  const kernels::LinearOptions high_precision;  // the checkpoint's own format
+  kernels::ScopedLinearOptions quantize_projections(quantized);
+  model->quantization_ = options.quantization;
+
   const std::string& p = c.weight_prefix;
   SLUICE_ASSIGN_OR_RETURN(Tensor embed, ckpt->Get(p + "embed_tokens.weight", {c.vocab_size, c.hidden_size}));
-  if (embed.dtype() == DType::kF16 || device != kernels::Device::kCpu) {
-    SLUICE_ASSIGN_OR_RETURN(embed, kernels::ToF32(embed, device));
+  if (quantize && options.quantize_embeddings) {
+    // int8 rows for every width: a token reads one row, so the table's format sets its
+    // memory, not the bytes a step reads; int8 matches the int8 LM head bit for bit.
+    SLUICE_ASSIGN_OR_RETURN(kernels::QuantizedRows table, kernels::QuantizeRowsInt8(embed, device));
+    model->embed_tokens_ = table.values;
+    model->embed_scales_ = table.scales;
+  } else {
+    if (embed.dtype() == DType::kF16 || device != kernels::Device::kCpu) {
+      SLUICE_ASSIGN_OR_RETURN(embed, kernels::ToF32(embed, device));
+    }
+    model->embed_tokens_ = embed;
   }
-  model->embed_tokens_ = embed;
 
   MixerBuilder mixers(c, *ckpt, device);
   size_t weight_bytes = 0;
@@ -57,7 +94,7 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
       }
       ResidualGate& g = layer.gates[br];
       g.width = w.dim(0);
-      SLUICE_ASSIGN_OR_RETURN(g.weight, kernels::Linear::Create(w, device));
+      SLUICE_ASSIGN_OR_RETURN(g.weight, kernels::Linear::Create(w, device, high_precision));
       if (ckpt->Contains(gate_names[br] + "bias")) {
         SLUICE_ASSIGN_OR_RETURN(g.bias, LoadNormWeight(*ckpt, gate_names[br] + "bias", g.width, device));
       }
@@ -83,8 +120,29 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
   } else {
     SLUICE_ASSIGN_OR_RETURN(head, ckpt->Get("lm_head.weight", {c.vocab_size, c.hidden_size}));
   }
-  SLUICE_ASSIGN_OR_RETURN(model->lm_head_, kernels::Linear::Create(head, device));
+  // Tied embeddings keep two copies when quantized, as they do in bf16: the LM head's
+  // panels (its GEMM's layout) and the row-major table a lookup reads.
+  SLUICE_ASSIGN_OR_RETURN(model->lm_head_,
+                          kernels::Linear::Create(head, device, options.quantize_embeddings ? quantized : high_precision));
   model->weight_bytes_per_token_ = weight_bytes + model->lm_head_->weight_bytes();
+  {
+    std::string source = std::string(kernels::DTypeName(head.dtype()));
+    if (!quantize) {
+      model->weight_format_ = source;
+    } else {
+      const std::string width(kernels::WeightQuantizationName(options.quantization));
+      model->weight_format_ = absl::StrCat(
+          width,
+          options.quantization == kernels::WeightQuantization::kInt8
+              ? " (symmetric, per output channel"
+              : absl::StrCat(" (group-wise, ", options.int4_group_size, " per group"),
+          options.quantize_embeddings ? absl::StrCat("; embedding int8, LM head ", width)
+                                      : absl::StrCat("; embedding and LM head ", source),
+          // bf16 experts are packed by the grouped-experts op itself, unquantized for
+          // now; experts of other dtypes go through Linear and are quantized.
+          c.moe.num_experts > 0 && head.dtype() == DType::kBF16 ? "; routed experts bfloat16" : "", ")");
+    }
+  }
   SLUICE_RETURN_IF_ERROR(model->CollectCacheSpecs());
   BudgetCapabilities& caps = model->budget_caps_;
   caps.model_type = c.model_type;
@@ -153,7 +211,11 @@ absl::Status CausalLm::ForwardWithCosts(const ForwardBatch& batch, PagedKvCache*
   const Tensor& ids = meta.token_ids;
 
   SLUICE_ASSIGN_OR_RETURN(Tensor x, Tensor::Empty({tokens, h}, DType::kF32, device_));
-  SLUICE_RETURN_IF_ERROR(kernels::EmbeddingLookup(embed_tokens_, ids, &x));
+  if (embed_scales_.defined()) {
+    SLUICE_RETURN_IF_ERROR(kernels::EmbeddingLookup(embed_tokens_, embed_scales_, ids, &x));
+  } else {
+    SLUICE_RETURN_IF_ERROR(kernels::EmbeddingLookup(embed_tokens_, ids, &x));
+  }
   SLUICE_ASSIGN_OR_RETURN(Tensor normed, Tensor::Empty({tokens, h}, DType::kF32, device_));
   SLUICE_ASSIGN_OR_RETURN(Tensor branch, Tensor::Empty({tokens, h}, DType::kF32, device_));
   const float eps = static_cast<float>(config_.rms_norm_eps);

@@ -28,6 +28,14 @@ struct ModelLoadOptions {
   // The GateSkip calibration set for a model with residual gates, from its vocabulary
   // size. Unset: fixed pseudo-random ids. The engine sets it (engine/serving_model.h).
   std::function<GateSkipCalibrationSet(int64_t vocab_size)> gateskip_calibration_ids;
+  // Load-time quantization of the projections (kernels/ops.h, WeightQuantization):
+  // kNone keeps the checkpoint's own format (the default, bit for bit what it was).
+  // What stays in higher precision and why: causal_lm.cc, Load.
+  kernels::WeightQuantization quantization = kernels::WeightQuantization::kNone;
+  int64_t int4_group_size = 128;
+  // With a quantization: the embedding table and the LM head too; false keeps both as
+  // the checkpoint stores them (bf16), a third of a 0.8B model's bytes.
+  bool quantize_embeddings = true;
 };
 
 class CausalLm : public LanguageModel {
@@ -75,6 +83,10 @@ class CausalLm : public LanguageModel {
   // GateSkip decode thresholds: the importance below which a decode token skips branch
   // `branch` (0 mixer, 1 FFN) of `layer` at skip ratio r. Calibrated at load.
   float DecodeThreshold(int64_t layer, int branch, float skip_ratio) const;
+  // The weight format as loaded, for GetModelInfo and logs: "bfloat16", "float32", or
+  // e.g. "int8 (per-channel; embedding and LM head int8)".
+  const std::string& weight_format() const { return weight_format_; }
+  kernels::WeightQuantization quantization() const { return quantization_; }
   // How the decode thresholds were calibrated (for logs and GetModelInfo).
   const std::string& calibration_source() const { return calibration_source_; }
 
@@ -102,7 +114,10 @@ class CausalLm : public LanguageModel {
 
   ModelConfig config_;
   kernels::Device device_ = kernels::Device::kCpu;
-  kernels::Tensor embed_tokens_;  // [V, H], f32 or bf16
+  kernels::Tensor embed_tokens_;  // [V, H], f32 or bf16, or i8 with embed_scales_
+  kernels::Tensor embed_scales_;  // f32 [V] for an int8 table, else undefined
+  kernels::WeightQuantization quantization_ = kernels::WeightQuantization::kNone;
+  std::string weight_format_;
   std::vector<Layer> layers_;
   kernels::Tensor final_norm_;
   std::unique_ptr<kernels::Linear> lm_head_;

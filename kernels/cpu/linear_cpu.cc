@@ -11,6 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
+#include "kernels/cpu/gemm_int4_cpu.h"
+#include "kernels/cpu/gemm_int8_cpu.h"
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/op_bodies.h"
 
@@ -125,7 +127,62 @@ class Bf16Linear final : public Linear {
   PackedBf16Weight packed_;
 };
 
+// int8 weights, symmetric per output channel, through our own f32 × int8 kernel
+// (gemm_int8_cpu.h). The source weight is widened to f32 once, then quantized.
+class Int8Linear final : public Linear {
+ public:
+  Int8Linear(const float* w, int64_t n, int64_t k)
+      : Linear(k, n, DType::kI8, Device::kCpu, WeightQuantization::kInt8), packed_(w, n, k) {}
+
+  absl::Status Run(const Tensor& x, Tensor* y) override {
+    GemmF32Int8(x.data<float>(), x.dim(0), packed_, y->data<float>(), out_features_);
+    return absl::OkStatus();
+  }
+  size_t weight_bytes() const override { return packed_.bytes(); }
+
+ private:
+  PackedInt8Weight packed_;
+};
+
+// Presents another body's Linear (the int4 one) with this interface's format and byte
+// accounting: quantization() says kInt4 and weight_bytes() the packed bytes it reads.
+class Int4LinearAdapter final : public Linear {
+ public:
+  Int4LinearAdapter(std::unique_ptr<Linear> inner, size_t bytes)
+      : Linear(inner->in_features(), inner->out_features(), inner->weight_dtype(), Device::kCpu,
+               WeightQuantization::kInt4),
+        inner_(std::move(inner)), bytes_(bytes) {}
+  absl::Status Run(const Tensor& x, Tensor* y) override { return inner_->Forward(x, y); }
+  size_t weight_bytes() const override { return bytes_; }
+
+ private:
+  std::unique_ptr<Linear> inner_;
+  size_t bytes_;
+};
+
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<Linear>> CreateQuantizedLinear(const Tensor& weight,
+                                                              const LinearOptions& options) {
+  switch (options.quantization) {
+    case WeightQuantization::kInt8: {
+      auto widened = ToF32Body<Device::kCpu>(weight);
+      if (!widened.ok()) return widened.status();
+      return std::unique_ptr<Linear>(
+          std::make_unique<Int8Linear>(widened->data<float>(), weight.dim(0), weight.dim(1)));
+    }
+    case WeightQuantization::kInt4: {
+      auto linear = CreateInt4Linear(weight, options.group_size);
+      if (!linear.ok()) return linear.status();
+      const auto* int4 = dynamic_cast<const Int4Linear*>(linear->get());
+      const size_t bytes = int4 != nullptr ? int4->packed_bytes() : (*linear)->weight_bytes();
+      return std::unique_ptr<Linear>(std::make_unique<Int4LinearAdapter>(*std::move(linear), bytes));
+    }
+    case WeightQuantization::kNone:
+    default:
+      return CreateLinear(weight);
+  }
+}
 
 absl::StatusOr<std::unique_ptr<Linear>> CreateLinear(const Tensor& weight) {
   if (weight.dtype() == DType::kBF16) {
@@ -148,6 +205,15 @@ absl::StatusOr<std::unique_ptr<Linear>> CreateLinearBody<Device::kCpu>(const Ten
     return absl::UnimplementedError("Linear: packing a weight from a GPU tensor to the CPU");
   }
   return cpu::CreateLinear(weight);
+}
+
+template <>
+absl::StatusOr<std::unique_ptr<Linear>> CreateQuantizedLinearBody<Device::kCpu>(
+    const Tensor& weight, const LinearOptions& options) {
+  if (weight.device() != Device::kCpu) {
+    return absl::UnimplementedError("Linear: quantizing a weight from a GPU tensor on the CPU");
+  }
+  return cpu::CreateQuantizedLinear(weight, options);
 }
 
 }  // namespace sluice::kernels

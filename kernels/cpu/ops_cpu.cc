@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/fp8.h"
 #include "kernels/op_bodies.h"
 #include "kernels/status_macros.h"
 
@@ -221,31 +222,96 @@ void GatherRows(const Tensor& x, const Tensor& rows, Tensor* out) {
 }
 
 void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor* k_cache,
-                  Tensor* v_cache) {
-  const int64_t row = k.dim(1) * k.dim(2);
+                  Tensor* v_cache, Tensor* k_scale, Tensor* v_scale) {
+  const int64_t heads = k.dim(1);
+  const int64_t d = k.dim(2);
+  const int64_t row = heads * d;
   const int32_t* slot = slot_mapping.data<int32_t>();
-  for (int64_t t = 0; t < k.dim(0); ++t) {
-    std::memcpy(k_cache->data<float>() + static_cast<int64_t>(slot[t]) * row,
-                k.data<float>() + t * row, row * 4);
-    std::memcpy(v_cache->data<float>() + static_cast<int64_t>(slot[t]) * row,
-                v.data<float>() + t * row, row * 4);
+  switch (k_cache->dtype()) {
+    case DType::kBF16:
+      for (int64_t t = 0; t < k.dim(0); ++t) {
+        const int64_t at = static_cast<int64_t>(slot[t]) * row;
+        const float* ks = k.data<float>() + t * row;
+        const float* vs = v.data<float>() + t * row;
+        uint16_t* kd = k_cache->data<uint16_t>() + at;
+        uint16_t* vd = v_cache->data<uint16_t>() + at;
+        for (int64_t c = 0; c < row; ++c) kd[c] = F32ToBf16(ks[c]);
+        for (int64_t c = 0; c < row; ++c) vd[c] = F32ToBf16(vs[c]);
+      }
+      return;
+    case DType::kF8E4M3: {
+      // One power-of-two scale per (token, head) row (kernels/fp8.h), so a row's codes
+      // depend on that row alone.
+      auto quantize = [&](const float* src, uint8_t* dst, float* row_scale) {
+        float amax = 0.f;
+        for (int64_t c = 0; c < d; ++c) amax = std::max(amax, std::abs(src[c]));
+        const float s = Fp8E4M3RowScale(amax);
+        const float inv = 1.f / s;  // exact: s is a power of two
+        for (int64_t c = 0; c < d; ++c) dst[c] = F32ToFp8E4M3(src[c] * inv);
+        *row_scale = s;
+      };
+      for (int64_t t = 0; t < k.dim(0); ++t) {
+        const int64_t at = static_cast<int64_t>(slot[t]);
+        for (int64_t h = 0; h < heads; ++h) {
+          quantize(k.data<float>() + t * row + h * d, k_cache->data<uint8_t>() + at * row + h * d,
+                   k_scale->data<float>() + at * heads + h);
+          quantize(v.data<float>() + t * row + h * d, v_cache->data<uint8_t>() + at * row + h * d,
+                   v_scale->data<float>() + at * heads + h);
+        }
+      }
+      return;
+    }
+    default:
+      for (int64_t t = 0; t < k.dim(0); ++t) {
+        std::memcpy(k_cache->data<float>() + static_cast<int64_t>(slot[t]) * row,
+                    k.data<float>() + t * row, row * 4);
+        std::memcpy(v_cache->data<float>() + static_cast<int64_t>(slot[t]) * row,
+                    v.data<float>() + t * row, row * 4);
+      }
+      return;
   }
 }
 
 namespace {
 
+// How the attention loop reads one cached element as f32: f32 as is (the f32 cache
+// keeps its bits), bf16 widened exactly, fp8 widened (Fp8E4M3Widen: arithmetic, not a
+// table, so that the loop stays vector code) and multiplied by its row's power-of-two
+// scale (exact). Element by element, inside the loop.
+template <typename T>
+struct KvElement;
+template <>
+struct KvElement<float> {
+  static float Load(const float* p, int64_t c, float /*scale*/) { return p[c]; }
+};
+template <>
+struct KvElement<uint16_t> {
+  static float Load(const uint16_t* p, int64_t c, float /*scale*/) {
+    return Bf16ToF32(p[c]);
+  }
+};
+template <>
+struct KvElement<uint8_t> {
+  static float Load(const uint8_t* p, int64_t c, float scale) {
+    return Fp8E4M3Widen(p[c]) * scale;
+  }
+};
+
 // Skip: the element type of the head_skip flags (uint8_t from the host form, int32_t from
-// the tensor form); nullptr skips nothing.
-template <typename Skip>
+// the tensor form); nullptr skips nothing. T: the cache's element (float, bf16 bits as
+// uint16_t, fp8 codes as uint8_t); k_scales/v_scales: fp8 only, one f32 per (slot, head).
+template <typename T, typename Skip>
 void PagedAttentionImpl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                         absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
-                        const Skip* head_skip) {
+                        const Skip* head_skip, const float* k_scales, const float* v_scales) {
   const int64_t q_heads = q.dim(1);
   const int64_t d = q.dim(2);
   const int64_t block_size = k_cache.dim(1);
   const int64_t kv_heads = k_cache.dim(2);
   const int64_t group = q_heads / kv_heads;
   const int64_t kv_row = kv_heads * d;
+  const T* k_base = k_cache.data<T>();
+  const T* v_base = v_cache.data<T>();
 
   // One work item per (query token, query head) of the whole ragged batch.
   std::vector<std::pair<int32_t, int32_t>> items;  // (sequence index, query row)
@@ -281,12 +347,13 @@ void PagedAttentionImpl(const Tensor& q, const Tensor& k_cache, const Tensor& v_
       for (int64_t j = 0; j < visible; ++j) {
         const int64_t slot = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size +
                              j % block_size;
-        const float* kv = k_cache.data<float>() + slot * kv_row + g * d;
+        const T* kv = k_base + slot * kv_row + g * d;
+        const float ks = k_scales != nullptr ? k_scales[slot * kv_heads + g] : 1.f;
         // A SIMD reduction: a fixed lane order (the same for every batch), which the
         // compiler may not pick by itself without -ffast-math.
         float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t c = 0; c < d; ++c) dot += qv[c] * kv[c];
+        for (int64_t c = 0; c < d; ++c) dot += qv[c] * KvElement<T>::Load(kv, c, ks);
         scores[j] = dot * scale;
         max_score = std::max(max_score, scores[j]);
       }
@@ -299,9 +366,10 @@ void PagedAttentionImpl(const Tensor& q, const Tensor& k_cache, const Tensor& v_
       for (int64_t j = 0; j < visible; ++j) {
         const int64_t slot = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size +
                              j % block_size;
-        const float* vv = v_cache.data<float>() + slot * kv_row + g * d;
+        const T* vv = v_base + slot * kv_row + g * d;
+        const float vs = v_scales != nullptr ? v_scales[slot * kv_heads + g] : 1.f;
         const float p = scores[j];
-        for (int64_t c = 0; c < d; ++c) acc[c] += p * vv[c];
+        for (int64_t c = 0; c < d; ++c) acc[c] += p * KvElement<T>::Load(vv, c, vs);
       }
       float* o = out->data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
       const float inv = 1.0f / denom;
@@ -310,13 +378,34 @@ void PagedAttentionImpl(const Tensor& q, const Tensor& k_cache, const Tensor& v_
   }
 }
 
+// Picks the loop for the cache's dtype (checked by ops.cc: f32, bf16, or f8_e4m3 with
+// scales).
+template <typename Skip>
+void PagedAttentionAnyDtype(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            absl::Span<const AttentionSequence> sequences, float scale,
+                            Tensor* out, const Skip* head_skip, const Tensor& k_scale,
+                            const Tensor& v_scale) {
+  switch (k_cache.dtype()) {
+    case DType::kBF16:
+      return PagedAttentionImpl<uint16_t>(q, k_cache, v_cache, sequences, scale, out, head_skip,
+                                          nullptr, nullptr);
+    case DType::kF8E4M3:
+      return PagedAttentionImpl<uint8_t>(q, k_cache, v_cache, sequences, scale, out, head_skip,
+                                         k_scale.data<float>(), v_scale.data<float>());
+    default:
+      return PagedAttentionImpl<float>(q, k_cache, v_cache, sequences, scale, out, head_skip,
+                                       nullptr, nullptr);
+  }
+}
+
 }  // namespace
 
 void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                     absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
-                    absl::Span<const uint8_t> head_skip) {
-  PagedAttentionImpl(q, k_cache, v_cache, sequences, scale, out,
-                     head_skip.empty() ? nullptr : head_skip.data());
+                    absl::Span<const uint8_t> head_skip, const Tensor& k_scale,
+                    const Tensor& v_scale) {
+  PagedAttentionAnyDtype(q, k_cache, v_cache, sequences, scale, out,
+                         head_skip.empty() ? nullptr : head_skip.data(), k_scale, v_scale);
 }
 
 absl::Status RouteTopKChecked(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts,
@@ -352,17 +441,19 @@ absl::Status CheckAttentionSequences(const Tensor& q, const Tensor& k_cache,
 
 absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                    absl::Span<const AttentionSequence> sequences, float scale,
-                                   Tensor* out, const uint8_t* head_skip) {
+                                   Tensor* out, const uint8_t* head_skip,
+                                   const Tensor& k_scale, const Tensor& v_scale) {
   SLUICE_RETURN_IF_ERROR(CheckAttentionSequences(q, k_cache, sequences));
-  PagedAttentionImpl(q, k_cache, v_cache, sequences, scale, out, head_skip);
+  PagedAttentionAnyDtype(q, k_cache, v_cache, sequences, scale, out, head_skip, k_scale, v_scale);
   return absl::OkStatus();
 }
 
 absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                    absl::Span<const AttentionSequence> sequences, float scale,
-                                   Tensor* out, const int32_t* head_skip) {
+                                   Tensor* out, const int32_t* head_skip,
+                                   const Tensor& k_scale, const Tensor& v_scale) {
   SLUICE_RETURN_IF_ERROR(CheckAttentionSequences(q, k_cache, sequences));
-  PagedAttentionImpl(q, k_cache, v_cache, sequences, scale, out, head_skip);
+  PagedAttentionAnyDtype(q, k_cache, v_cache, sequences, scale, out, head_skip, k_scale, v_scale);
   return absl::OkStatus();
 }
 
@@ -393,7 +484,10 @@ absl::StatusOr<Tensor> ToF32Body<Device::kCpu>(const Tensor& t) {
     }
     case DType::kI32:
     case DType::kI64:
+    case DType::kI8:
       return absl::InvalidArgumentError("ToF32: integer tensor");
+    case DType::kF8E4M3:
+      return absl::InvalidArgumentError("ToF32: an f8_e4m3 tensor needs its scales");
   }
   return out;
 }
@@ -432,6 +526,31 @@ absl::Status EmbeddingLookupBody<Device::kCpu>(const Tensor& table, const Tensor
     }
   }
   cpu::EmbeddingLookup(table, ids, out);
+  return absl::OkStatus();
+}
+
+// Rows of the int8 table dequantized as the int8 Linear's reference does: q · scale, one
+// f32 product per element (cpu/gemm_int8_cpu.h).
+template <>
+absl::Status EmbeddingLookupInt8Body<Device::kCpu>(const Tensor& table, const Tensor& row_scales,
+                                                    const Tensor& ids, Tensor* out) {
+  const int32_t* id = ids.data<int32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    if (id[i] < 0 || id[i] >= table.dim(0)) {
+      return absl::OutOfRangeError(absl::StrCat("EmbeddingLookup: token id ", id[i],
+                                                " outside [0, ", table.dim(0), ")"));
+    }
+  }
+  const int64_t h = table.dim(1);
+  const int8_t* values = table.data<int8_t>();
+  const float* scales = row_scales.data<float>();
+  float* dst = out->data<float>();
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    const int64_t row = id[i];
+    const int8_t* q = values + row * h;
+    const float scale = scales[row];
+    for (int64_t j = 0; j < h; ++j) dst[i * h + j] = static_cast<float>(q[j]) * scale;
+  }
   return absl::OkStatus();
 }
 
@@ -565,20 +684,21 @@ absl::Status GatherRowsBody<Device::kCpu>(const Tensor& x, const Tensor& rows, T
 template <>
 absl::Status WriteKvCacheBody<Device::kCpu>(const Tensor& k, const Tensor& v,
                                             const Tensor& slot_mapping, Tensor* k_cache,
-                                            Tensor* v_cache) {
+                                            Tensor* v_cache, Tensor* k_scale, Tensor* v_scale) {
   const int64_t slots = k_cache->dim(0) * k_cache->dim(1);
   const int32_t* s = slot_mapping.data<int32_t>();
   for (int64_t i = 0; i < slot_mapping.numel(); ++i) {
     if (s[i] < 0 || s[i] >= slots) return absl::OutOfRangeError("WriteKvCache: slot out of range");
   }
-  cpu::WriteKvCache(k, v, slot_mapping, k_cache, v_cache);
+  cpu::WriteKvCache(k, v, slot_mapping, k_cache, v_cache, k_scale, v_scale);
   return absl::OkStatus();
 }
 
 template <>
 absl::Status PagedAttentionBody<Device::kCpu>(const Tensor& q, const Tensor& k_cache,
                                               const Tensor& v_cache, const AttentionBatch& batch,
-                                              float scale, Tensor* out, const Tensor& head_skip) {
+                                              float scale, Tensor* out, const Tensor& head_skip,
+                                              const Tensor& k_scale, const Tensor& v_scale) {
   const int64_t count = batch.context_len.numel();
   const int64_t max_blocks = batch.block_tables.dim(1);
   const int64_t block_size = k_cache.dim(1);
@@ -597,7 +717,8 @@ absl::Status PagedAttentionBody<Device::kCpu>(const Tensor& q, const Tensor& k_c
                                      tables + s * max_blocks};
   }
   return cpu::PagedAttentionChecked(q, k_cache, v_cache, sequences, scale, out,
-                                    head_skip.defined() ? head_skip.data<int32_t>() : nullptr);
+                                    head_skip.defined() ? head_skip.data<int32_t>() : nullptr,
+                                    k_scale, v_scale);
 }
 
 }  // namespace sluice::kernels

@@ -30,11 +30,13 @@ void DeltaRuleGates(const Tensor& a, const Tensor& b, const Tensor& a_log, const
                     Tensor* g, Tensor* beta);
 void AddInPlace(const Tensor& y, Tensor* x);
 void GatherRows(const Tensor& x, const Tensor& rows, Tensor* out);
+// k_scale, v_scale: null (or undefined) unless the cache is f8_e4m3.
 void WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor* k_cache,
-                  Tensor* v_cache);
+                  Tensor* v_cache, Tensor* k_scale = nullptr, Tensor* v_scale = nullptr);
 void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                     absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
-                    absl::Span<const uint8_t> head_skip);
+                    absl::Span<const uint8_t> head_skip, const Tensor& k_scale = Tensor(),
+                    const Tensor& v_scale = Tensor());
 
 // The content checks and body shared by the host-metadata and the tensor forms of an op
 // (one body, so the two forms give the same bits). Shapes are already checked.
@@ -43,10 +45,12 @@ absl::Status RouteTopKChecked(const Tensor& logits, int64_t k, bool renormalize,
 // head_skip: [T, H_q] flags or nullptr.
 absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                    absl::Span<const AttentionSequence> sequences, float scale,
-                                   Tensor* out, const uint8_t* head_skip);
+                                   Tensor* out, const uint8_t* head_skip,
+                                   const Tensor& k_scale, const Tensor& v_scale);
 absl::Status PagedAttentionChecked(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                    absl::Span<const AttentionSequence> sequences, float scale,
-                                   Tensor* out, const int32_t* head_skip);
+                                   Tensor* out, const int32_t* head_skip,
+                                   const Tensor& k_scale, const Tensor& v_scale);
 
 }  // namespace sluice::kernels::cpu
 

@@ -132,7 +132,9 @@ class ServerIntegrationTest : public ::testing::Test {
     auto fixture = testing::LoadGoldenFixture("llama_f32");
     ASSERT_TRUE(fixture.ok()) << fixture.status();
     fixture_ = *std::move(fixture);
-    ASSERT_TRUE(daemon_.Start(fixture_.dir)) << "sluiced did not start";
+    // These tests compare served tokens with transformers' (f32 K/V): an exact f32 cache.
+    // sluiced's default bf16 cache is KvCacheDtypeTest's, below.
+    ASSERT_TRUE(daemon_.Start(fixture_.dir, {"--kv_cache_dtype=f32"})) << "sluiced did not start";
     ASSERT_TRUE(daemon_.WaitServing()) << "health never became SERVING";
   }
 
@@ -171,6 +173,54 @@ TEST_F(ServerIntegrationTest, GenerateAndStreamProduceTheGoldenTokens) {
     EXPECT_EQ(streamed, p.greedy);
     EXPECT_EQ(finals, 1);
   }
+}
+
+// sluiced's default KV cache is bf16: GetEngineStats says so and how much fits, and the
+// served greedy tokens of the llama fixture still equal transformers' (kv_cache_dtype_test
+// measures every fixture: these prompts have no near-tie that bf16 K/V rounding flips).
+TEST(KvCacheDtypeTest, DefaultBf16CacheIsReportedAndServesTheGoldenTokens) {
+  auto fixture = testing::LoadGoldenFixture("llama_f32");
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  uint32_t blocks[2] = {0, 0};
+  for (const char* dtype : {"f32", "bf16"}) {
+    Daemon daemon;
+    std::vector<std::string> extra;
+    if (std::string(dtype) == "f32") extra.push_back("--kv_cache_dtype=f32");  // else the default
+    ASSERT_TRUE(daemon.Start(fixture->dir, extra)) << "sluiced did not start";
+    ASSERT_TRUE(daemon.WaitServing());
+    v1::EngineStats stats;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    ASSERT_TRUE(daemon.stub()->GetEngineStats(&ctx, v1::GetEngineStatsRequest(), &stats).ok());
+    EXPECT_EQ(stats.kv_cache_dtype(), dtype);
+    EXPECT_GT(stats.kv_full_context_sequences(), 0u);
+    EXPECT_EQ(stats.kv_block_size(), 16u);
+    EXPECT_LE(static_cast<uint64_t>(stats.total_kv_blocks()) * stats.kv_block_bytes(), 16777216u);
+    blocks[std::string(dtype) == "bf16"] = stats.total_kv_blocks();
+    for (const auto& p : fixture->prompts) {
+      v1::GenerateResponse resp;
+      grpc::ClientContext gctx;
+      SetDeadline(&gctx);
+      ASSERT_TRUE(daemon.stub()->Generate(&gctx, GreedyRequest(p.ids, p.greedy.size()), &resp).ok());
+      EXPECT_EQ(std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end()), p.greedy) << dtype;
+    }
+  }
+  // The same --kv_cache_memory holds twice the blocks in bf16 (the recurrent-state-free
+  // llama fixture: all of it is KV).
+  EXPECT_GE(blocks[1], 2 * blocks[0] - 1);
+}
+
+TEST(KvCacheDtypeTest, UnknownDtypeFailsAtStartUpNamingTheFlag) {
+  const std::string cmd = std::string(SLUICE_BIN_DIR) + "/sluiced --model=" + testing::ModelFixtureDir("llama_f32") +
+                          " --listen=127.0.0.1:0 --metrics_listen= --http_listen= --kv_cache_dtype=f16 2>&1";
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string out;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, pipe) != nullptr) out += buf;
+  const int status = ::pclose(pipe);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << out;
+  EXPECT_NE(out.find("--kv_cache_dtype=f16: must be f32, bf16 or fp8"), std::string::npos) << out;
 }
 
 TEST_F(ServerIntegrationTest, GetModelInfoReportsTheConfig) {

@@ -645,7 +645,11 @@ class Sizing(unittest.TestCase):
         inspect = os.path.join(tl.BIN_DIR, "sluice-inspect")
         q08 = sizing.ModelShape(os.path.join(tl.SOURCE_DIR, SIZING_CONFIGS["Qwen3.5-0.8B"]), inspect=inspect)
         self.assertEqual(q08.total_parameters, 752393024)
-        self.assertEqual(q08.kv_bytes_per_token, 6 * 2 * 2 * 256 * 4)
+        self.assertEqual(q08.kv_bytes_per_token, 6 * 2 * 2 * 256 * 2)  # bf16, sluiced's --kv_cache_dtype default
+        for dtype, row in (("f32", 256 * 4), ("fp8", 256 + 4)):  # fp8: one f32 scale per K and V row
+            shape = sizing.ModelShape(os.path.join(tl.SOURCE_DIR, SIZING_CONFIGS["Qwen3.5-0.8B"]), inspect=inspect,
+                                      kv_cache_dtype=dtype)
+            self.assertEqual(shape.kv_bytes_per_token, 6 * 2 * 2 * row)
         self.assertEqual(q08.state_bytes_per_slot, 18 * 4 * ((2 * 16 * 128 + 16 * 128) * 3 + 16 * 128 * 128))
         out = subprocess.run([sys.executable, os.path.join(DEPLOY, "sizing.py"), f"--inspect={inspect}"],
                              capture_output=True, text=True, timeout=120)

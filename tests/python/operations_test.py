@@ -277,6 +277,7 @@ class StartupFailureTest(unittest.TestCase):
         self.assertFailsNaming(f"--model={tmp}", f"--model={tmp}")
         self.assertFailsNaming("--kv_cache_memory=1000000000000000", "--kv_cache_memory=1000000000000000")
         self.assertFailsNaming("kv_cache_memory", "--kv_cache_memory=4096")
+        self.assertFailsNaming("--kv_cache_dtype=f16", "--kv_cache_dtype=f16")
         self.assertFailsNaming(f"--tls_cert={tmp}/none.pem", f"--tls_cert={tmp}/none.pem", f"--tls_key={tmp}/none.key")
         self.assertFailsNaming("--tls_cert and --tls_key", f"--tls_cert={tmp}/x.pem")
         self.assertFailsNaming(f"--api_keys_file={tmp}/nokeys", f"--api_keys_file={tmp}/nokeys")

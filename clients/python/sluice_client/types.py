@@ -123,6 +123,9 @@ class ModelInfo:
     bos_token_id: int = 0
     eos_token_ids: List[int] = field(default_factory=list)
     device: str = ""
+    # Load-time weight quantization ("none", "int8", "int4") and the stored format in words.
+    quantization: str = ""
+    weight_format: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,3 +143,9 @@ class EngineStats:
     finished: int = 0
     itl_target_ms: float = 0.0
     prefill_cap: int = 0
+    # The KV cache: "f32", "bf16" or "fp8" (--kv_cache_dtype), one block's bytes, its
+    # tokens, and how many sequences of the full context fit at once.
+    kv_cache_dtype: str = ""
+    kv_block_bytes: int = 0
+    kv_block_size: int = 0
+    kv_full_context_sequences: int = 0
