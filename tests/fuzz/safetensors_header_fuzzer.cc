@@ -38,6 +38,9 @@ uint64_t ElementSize(sluice::kernels::DType dtype) {
       return 2;
     case sluice::kernels::DType::kI64:
       return 8;
+    case sluice::kernels::DType::kF8E4M3:
+    case sluice::kernels::DType::kI8:
+      return 1;
   }
   SLUICE_FUZZ_CHECK(false && "unknown dtype");
   return 0;
