@@ -512,8 +512,11 @@ double Tolerance(Device device, DType dtype) {
     case DType::kBF16:
     case DType::kF16:
       return 1e-2;
+    case DType::kF8E4M3:
+      return 1e-1;
     case DType::kI32:
     case DType::kI64:
+    case DType::kI8:
       return 0.0;
   }
   return 0.0;
