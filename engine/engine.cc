@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -53,6 +54,17 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   StateCacheShape state_shape = engine->model_->StateShape();
   state_shape.num_slots = state_shape.num_layers > 0 ? options.max_num_seqs : 0;
   const int64_t state_bytes = static_cast<int64_t>(state_shape.BytesPerSlot()) * state_shape.num_slots;
+  if (options.prefix_state_memory < 0 || options.state_snapshot_interval < 0) {
+    return absl::InvalidArgumentError("prefix_state_memory and state_snapshot_interval must be >= 0");
+  }
+  // Prefix-cache snapshots are extra slots of the state cache, after the sequences' own.
+  int32_t snapshots = 0;
+  if (options.enable_prefix_caching && state_shape.num_layers > 0) {
+    snapshots = static_cast<int32_t>(std::min<int64_t>(
+        options.prefix_state_memory / static_cast<int64_t>(std::max<size_t>(state_shape.BytesPerSlot(), 1)),
+        1 << 20));
+    state_shape.num_slots += snapshots;
+  }
   if (state_bytes >= options.kv_cache_memory) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "kv_cache_memory of ", options.kv_cache_memory, " bytes cannot hold the recurrent state of ",
@@ -78,6 +90,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   }
   SLUICE_ASSIGN_OR_RETURN(PagedKvCache cache, PagedKvCache::Create(shape, options.device));
   engine->kv_cache_shape_ = shape;
+  engine->state_cache_shape_ = state_shape;
   SLUICE_ASSIGN_OR_RETURN(RecurrentStateCache state, RecurrentStateCache::Create(state_shape, options.device));
 
   SchedulerOptions so;
@@ -89,6 +102,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   so.itl_target_ms = options.itl_target_ms;
   so.itl_target_factor = options.itl_target_factor;
   so.on_step = options.on_step;
+  so.enable_prefix_caching = options.enable_prefix_caching;
+  so.state_snapshots = snapshots;
+  so.state_snapshot_interval = options.state_snapshot_interval;
   // The scheduler sees only the caches' shapes (its block and slot pools); the runner owns
   // the caches themselves and is the only one that runs the model.
   engine->scheduler_ =

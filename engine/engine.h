@@ -43,6 +43,14 @@ struct EngineOptions {
   int64_t int4_group_size = 128;
   bool quantize_embeddings = true;  // with a quantization: the embedding and LM head too
   int32_t block_size = 16;
+  // Prefix caching (engine/cache/prefix_cache.h, SchedulerOptions): full KV blocks shared
+  // by content, and on hybrid models recurrent-state snapshots in a pool of their own of
+  // prefix_state_memory bytes (beside kv_cache_memory), one every
+  // state_snapshot_interval prompt tokens besides those taken at prefill ends, branch
+  // points and sequence ends.
+  bool enable_prefix_caching = true;
+  int64_t prefix_state_memory = 256ll << 20;
+  int32_t state_snapshot_interval = 1024;
   double itl_target_ms = 0;        // see SchedulerOptions::itl_target_ms
   double itl_target_factor = 1.3;  // see SchedulerOptions::itl_target_factor
   StepObserver on_step;            // see SchedulerOptions::on_step
@@ -79,6 +87,9 @@ class Engine {
   int64_t max_model_len() const { return max_model_len_; }
   // The KV cache as sized from kv_cache_memory: dtype, blocks, bytes per block.
   const KvCacheShape& kv_cache_shape() const { return kv_cache_shape_; }
+  // The recurrent-state cache (sequences' slots and prefix-cache snapshots).
+  const StateCacheShape& state_cache_shape() const { return state_cache_shape_; }
+  bool prefix_caching() const { return options_.enable_prefix_caching; }
   SchedulerStats Stats() const { return scheduler_->Stats(); }
 
  private:
@@ -91,6 +102,7 @@ class Engine {
   std::unique_ptr<ModelRunner> runner_;  // engine thread only
   int64_t max_model_len_ = 0;
   KvCacheShape kv_cache_shape_;
+  StateCacheShape state_cache_shape_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -4,6 +4,7 @@
 // Every defect of the input returns a status; nothing here aborts.
 #include "kernels/gated_delta_net.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -24,9 +25,18 @@ bool Overlap(const Tensor& a, const Tensor& b) {
   return a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
 }
 
-// The four i32 [S] tensors of a batch, on `device`.
+// The four i32 [S] tensors of a batch, on `device`, and the two checkpoint tensors,
+// both undefined or both like the others.
 absl::Status CheckBatch(absl::string_view op, const LinearAttentionBatch& batch, Device device) {
-  for (const Tensor* t : {&batch.start, &batch.length, &batch.state_slot, &batch.zero_initial_state}) {
+  std::vector<const Tensor*> tensors = {&batch.start, &batch.length, &batch.state_slot,
+                                        &batch.zero_initial_state};
+  SLUICE_RETURN_IF_ERROR(Expect(batch.checkpoint_slot.defined() == batch.checkpoint_len.defined(),
+                                op, "checkpoint_slot and checkpoint_len must both be defined or both not"));
+  if (batch.checkpoint_slot.defined()) {
+    tensors.push_back(&batch.checkpoint_slot);
+    tensors.push_back(&batch.checkpoint_len);
+  }
+  for (const Tensor* t : tensors) {
     if (!t->defined()) return Expect(false, op, "undefined sequence tensor");
     SLUICE_RETURN_IF_ERROR(Expect(t->device() == device, op, "sequence tensors on another device"));
     SLUICE_RETURN_IF_ERROR(Expect(t->dtype() == DType::kI32 && t->rank() == 1 &&
@@ -42,14 +52,23 @@ absl::StatusOr<LinearAttentionBatch> Upload(absl::string_view op,
                                             absl::Span<const LinearAttentionSequence> sequences,
                                             Device device) {
   const int64_t count = static_cast<int64_t>(sequences.size());
-  std::vector<int32_t> host(4 * count);
+  // Two more rows when some sequence takes a checkpoint.
+  const bool checkpoints =
+      std::any_of(sequences.begin(), sequences.end(),
+                  [](const LinearAttentionSequence& s) { return s.checkpoint_slot >= 0; });
+  const int64_t fields = checkpoints ? 6 : 4;
+  std::vector<int32_t> host(fields * count);
   for (int64_t i = 0; i < count; ++i) {
     host[i] = sequences[i].start;
     host[count + i] = sequences[i].length;
     host[2 * count + i] = sequences[i].state_slot;
     host[3 * count + i] = sequences[i].zero_initial_state ? 1 : 0;
+    if (checkpoints) {
+      host[4 * count + i] = sequences[i].checkpoint_slot;
+      host[5 * count + i] = sequences[i].checkpoint_len;
+    }
   }
-  auto allocated = Tensor::Empty({4, count}, DType::kI32, device);
+  auto allocated = Tensor::Empty({fields, count}, DType::kI32, device);
   absl::Status s = allocated.ok() ? CopyFromHost(host.data(), &*allocated) : allocated.status();
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(op, " on ", DeviceName(device),
@@ -61,6 +80,10 @@ absl::StatusOr<LinearAttentionBatch> Upload(absl::string_view op,
   SLUICE_ASSIGN_OR_RETURN(batch.length, packed.Rows(1, 1).Reshape({count}));
   SLUICE_ASSIGN_OR_RETURN(batch.state_slot, packed.Rows(2, 1).Reshape({count}));
   SLUICE_ASSIGN_OR_RETURN(batch.zero_initial_state, packed.Rows(3, 1).Reshape({count}));
+  if (checkpoints) {
+    SLUICE_ASSIGN_OR_RETURN(batch.checkpoint_slot, packed.Rows(4, 1).Reshape({count}));
+    SLUICE_ASSIGN_OR_RETURN(batch.checkpoint_len, packed.Rows(5, 1).Reshape({count}));
+  }
   return batch;
 }
 
@@ -170,6 +193,15 @@ absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, c
   }
   SLUICE_ASSIGN_OR_RETURN(LinearAttentionBatch batch, Upload(kDeltaRule, sequences, q.device()));
   return GatedDeltaRule(q, k, v, g, beta, batch, state, out, mode);
+}
+
+absl::Status CopyStateSlots(absl::Span<const SlotCopy> copies, Tensor* state) {
+  constexpr absl::string_view kOp = "CopyStateSlots";
+  if (state == nullptr) return Expect(false, kOp, "null state");
+  SLUICE_RETURN_IF_ERROR(CheckDevices(kOp, {state}));
+  SLUICE_RETURN_IF_ERROR(Expect(state->rank() >= 1, kOp, "state must have rank >= 1"));
+  if (copies.empty()) return absl::OkStatus();
+  return SLUICE_DEVICE_DISPATCH(state->device(), CopyStateSlotsBody<D>(copies, state));
 }
 
 absl::Status GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps,

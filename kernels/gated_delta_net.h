@@ -35,18 +35,34 @@ struct LinearAttentionSequence {
   // holds) and overwrites it. False continues from the stored state (decode, or the next
   // chunk of a prefill split across engine steps).
   bool zero_initial_state = false;
+  // A snapshot of the state inside the segment (prefix caching): when checkpoint_slot >= 0,
+  // the op also writes the state as it stands after the first checkpoint_len tokens of
+  // the segment (1 <= checkpoint_len <= length) into row checkpoint_slot of the same state
+  // tensor, bit-identical to what state_slot would hold had the segment been exactly
+  // checkpoint_len tokens long; the outputs and state_slot's final state are the same bits
+  // as without a checkpoint. The checkpoint slot must differ from every state_slot and
+  // every other checkpoint_slot of the call. GatedDeltaRule's chunked path only stops at
+  // its chunk ends: there checkpoint_len must be a multiple of kGatedDeltaRuleChunk or
+  // equal to length (so that resuming from the snapshot keeps the chunk grid of the
+  // uninterrupted segment); the recurrent path and the conv accept any length.
+  int32_t checkpoint_slot = -1;
+  int32_t checkpoint_len = 0;
 };
 
 // The sequences of a ragged linear-attention batch as tensors on the compute device,
 // packed once per step: sequence s is LinearAttentionSequence{start[s], length[s],
 // state_slot[s], zero_initial_state[s] != 0}. The same rules hold (segments inside
 // [0, T) and disjoint, slots distinct and inside the state tensor); the body checks
-// them, since they are tensor contents.
+// them, since they are tensor contents. checkpoint_slot and checkpoint_len are both
+// undefined (no checkpoints in the call) or both i32 [S]; a negative checkpoint_slot[s]
+// means none for sequence s.
 struct LinearAttentionBatch {
   Tensor start;               // i32 [S]
   Tensor length;              // i32 [S]
   Tensor state_slot;          // i32 [S]
   Tensor zero_initial_state;  // i32 [S], non-zero for a new sequence
+  Tensor checkpoint_slot;     // i32 [S] or undefined
+  Tensor checkpoint_len;      // i32 [S] or undefined
 };
 
 // Depthwise causal conv1d over C channels with kernel size K (no bias), then SiLU:
@@ -98,6 +114,17 @@ absl::Status GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, c
                             const Tensor& beta, absl::Span<const LinearAttentionSequence> sequences,
                             Tensor* state, Tensor* out,
                             GatedDeltaRuleMode mode = GatedDeltaRuleMode::kAuto);
+
+// Copies row src of dim 0 of `state` to row dst, for every copy: the slot copies of
+// prefix caching (a snapshot into a sequence's slot, a slot into a snapshot). Any dtype,
+// rank >= 1. Slots must lie in [0, dim 0), src != dst, and no dst may appear twice or
+// also be a src of the same call (INVALID_ARGUMENT otherwise, before anything is copied),
+// so the copies are independent of their order. Empty copies do nothing.
+struct SlotCopy {
+  int32_t src;
+  int32_t dst;
+};
+absl::Status CopyStateSlots(absl::Span<const SlotCopy> copies, Tensor* state);
 
 // The gated RMSNorm on the Gated DeltaNet output (transformers' Qwen3NextRMSNormGated,
 // norm before gate, weight applied directly, not 1 + w), over the last dimension D:

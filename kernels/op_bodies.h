@@ -87,6 +87,9 @@ SLUICE_DECLARE_DEVICE_BODY(absl::Status, GatedDeltaRule, "GatedDeltaRule", const
                            const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
                            const LinearAttentionBatch& batch, Tensor* state, Tensor* out,
                            GatedDeltaRuleMode mode);
+// copies: non-empty, host memory (the body checks the slots).
+SLUICE_DECLARE_DEVICE_BODY(absl::Status, CopyStateSlots, "CopyStateSlots",
+                           absl::Span<const SlotCopy> copies, Tensor* state);
 SLUICE_DECLARE_DEVICE_BODY(absl::Status, GatedRmsNorm, "GatedRmsNorm", const Tensor& x,
                            const Tensor& z, const Tensor& weight, float eps, Tensor* out);
 

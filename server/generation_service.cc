@@ -475,6 +475,15 @@ grpc::ServerUnaryReactor* GenerationService::GetEngineStats(grpc::CallbackServer
   const int64_t blocks_per_sequence = (m->engine->max_model_len() + kv.block_size - 1) / kv.block_size;
   out->set_kv_full_context_sequences(
       static_cast<uint32_t>(blocks_per_sequence > 0 ? s.total_blocks / blocks_per_sequence : 0));
+  out->set_prefix_caching(m->engine->prefix_caching());
+  out->set_prefix_cache_queries(s.prefix_cache_queries);
+  out->set_prefix_cache_hits(s.prefix_cache_hits);
+  out->set_cached_kv_blocks(static_cast<uint32_t>(s.cached_blocks));
+  out->set_kv_block_evictions(s.block_evictions);
+  out->set_state_snapshots(static_cast<uint32_t>(s.state_snapshots));
+  out->set_total_state_snapshots(static_cast<uint32_t>(s.total_state_snapshots));
+  out->set_state_snapshot_bytes(s.total_state_snapshots > 0 ? m->engine->state_cache_shape().BytesPerSlot() : 0);
+  out->set_state_snapshot_evictions(s.snapshot_evictions);
   return FinishNow(context, absl::OkStatus());
 }
 

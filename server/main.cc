@@ -74,6 +74,16 @@ ABSL_FLAG(double, itl_target_factor, 1.3,
           "time (0: no target, prompt chunks only bounded by --max_num_batched_tokens)");
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens (0: the model's)");
 ABSL_FLAG(int64_t, kv_cache_memory, 512ll << 20, "Bytes for the KV cache and recurrent-state slots");
+ABSL_FLAG(bool, enable_prefix_caching, true,
+          "Share full KV blocks between requests by content and, on hybrid models, restore "
+          "recurrent-state snapshots, so a repeated prefix (system prompt, earlier turns) is "
+          "not prefilled again");
+ABSL_FLAG(int64_t, prefix_state_memory, 256ll << 20,
+          "Hybrid models: bytes for prefix-cache snapshots of the recurrent state (beside "
+          "--kv_cache_memory; GetEngineStats reports the bytes of one)");
+ABSL_FLAG(int32_t, state_snapshot_interval, 1024,
+          "Hybrid models: also snapshot the state every this many prompt tokens (rounded up "
+          "to 64; 0: only at prefill ends, branch points and the ends of sequences)");
 ABSL_FLAG(std::string, kv_cache_dtype, "bf16",
           "What the KV cache stores K and V as: bf16 (half of f32's bytes, ~2x the sequences), "
           "f32 (exact against transformers) or fp8 (e4m3 with a per-row scale, ~4x)");
@@ -354,6 +364,9 @@ int Run() {
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.kv_cache_memory = kv_memory;
   options.kv_cache_dtype = *kv_cache_dtype;
+  options.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
+  options.prefix_state_memory = absl::GetFlag(FLAGS_prefix_state_memory);
+  options.state_snapshot_interval = absl::GetFlag(FLAGS_state_snapshot_interval);
   options.itl_target_ms = absl::GetFlag(FLAGS_itl_target_ms);
   options.itl_target_factor = absl::GetFlag(FLAGS_itl_target_factor);
   options.matmul_precision = precision == "bf16" ? sluice::kernels::MatmulPrecision::kBf16

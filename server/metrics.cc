@@ -109,6 +109,34 @@ class EngineCollectable final : public prometheus::Collectable {
     gauge("sluice_state_slots_usage_perc",
           "Fraction of recurrent-state slots in use (0-1; 0 on models without linear attention)",
           usage(s.free_state_slots, s.total_state_slots));
+    auto counter = [&](const char* name, const char* help, double value) {
+      prometheus::ClientMetric m = GaugeMetric(model_name_, 0);
+      m.counter.value = value;
+      out.push_back({name, help, prometheus::MetricType::Counter, {m}});
+    };
+    counter("sluice_prefix_cache_queries_total",
+            "Prefix cache: tokens looked up (the context of every admitted sequence)",
+            static_cast<double>(s.prefix_cache_queries));
+    counter("sluice_prefix_cache_hits_total", "Prefix cache: tokens found cached, whose prefill was skipped",
+            static_cast<double>(s.prefix_cache_hits));
+    gauge("sluice_prefix_cache_blocks", "Prefix cache: KV blocks findable by content (referenced or not)",
+          s.cached_blocks);
+    gauge("sluice_prefix_cache_state_snapshots",
+          "Prefix cache: recurrent-state snapshots held (0 on models without linear attention)",
+          s.state_snapshots);
+    {
+      prometheus::MetricFamily evictions{"sluice_prefix_cache_evictions_total",
+                                         "Prefix cache: cached entries evicted for new ones, by kind",
+                                         prometheus::MetricType::Counter, {}};
+      for (const auto& [kind, value] : {std::pair<const char*, uint64_t>{"kv_block", s.block_evictions},
+                                        std::pair<const char*, uint64_t>{"state_snapshot", s.snapshot_evictions}}) {
+        prometheus::ClientMetric m;
+        m.label = {{"kind", kind}, {"model_name", model_name_}};
+        m.counter.value = static_cast<double>(value);
+        evictions.metric.push_back(std::move(m));
+      }
+      out.push_back(std::move(evictions));
+    }
     if (engine != nullptr && experts_.kind != ExpertMetricsMode::kOff) out.push_back(ExpertFamily(*engine));
     return out;
   }

@@ -7,33 +7,6 @@
 
 namespace sluice::engine {
 
-KvBlockAllocator::KvBlockAllocator(int32_t num_blocks)
-    : num_blocks_(num_blocks), in_use_(num_blocks, false) {
-  free_.reserve(num_blocks);
-  // Hand out low ids first (pop from the back).
-  for (int32_t b = num_blocks - 1; b >= 0; --b) free_.push_back(b);
-}
-
-bool KvBlockAllocator::Allocate(int32_t count, std::vector<int32_t>* table) {
-  if (count < 0 || count > num_free()) return false;
-  for (int32_t i = 0; i < count; ++i) {
-    int32_t b = free_.back();
-    free_.pop_back();
-    in_use_[b] = true;
-    table->push_back(b);
-  }
-  return true;
-}
-
-void KvBlockAllocator::Free(std::vector<int32_t>* table) {
-  for (int32_t b : *table) {
-    if (b < 0 || b >= num_blocks_ || !in_use_[b]) std::abort();  // programmer error
-    in_use_[b] = false;
-    free_.push_back(b);
-  }
-  table->clear();
-}
-
 size_t KvCacheShape::BytesPerBlock() const {
   const size_t rows = static_cast<size_t>(num_layers) * 2 * block_size * num_kv_heads;
   const size_t scales = dtype == kernels::DType::kF8E4M3 ? rows * sizeof(float) : 0;

@@ -1,6 +1,6 @@
-// Paged KV cache: fixed-size blocks handed out from a free list. A sequence owns a
-// block table (its blocks in order); token j of the sequence lives in block
-// table[j / block_size] at offset j % block_size.
+// Paged KV cache: fixed-size blocks (handed out by KvBlockPool, prefix_cache.h). A
+// sequence holds a block table (its blocks in order); token j of the sequence lives in
+// block table[j / block_size] at offset j % block_size.
 #ifndef SLUICE_ENGINE_CACHE_KV_CACHE_H_
 #define SLUICE_ENGINE_CACHE_KV_CACHE_H_
 
@@ -12,22 +12,6 @@
 #include "kernels/tensor.h"
 
 namespace sluice::engine {
-
-class KvBlockAllocator {
- public:
-  explicit KvBlockAllocator(int32_t num_blocks);
-  int32_t num_blocks() const { return num_blocks_; }
-  int32_t num_free() const { return static_cast<int32_t>(free_.size()); }
-  // Appends `count` blocks to `table`; false (and no change) when too few are free.
-  bool Allocate(int32_t count, std::vector<int32_t>* table);
-  // Returns every block of `table` to the free list and clears it.
-  void Free(std::vector<int32_t>* table);
-
- private:
-  int32_t num_blocks_;
-  std::vector<int32_t> free_;
-  std::vector<bool> in_use_;  // catches double frees, which would share blocks by accident
-};
 
 struct KvCacheShape {
   int32_t num_layers = 0;  // attention layers only

@@ -45,4 +45,13 @@ absl::StatusOr<RecurrentStateCache> RecurrentStateCache::Create(const StateCache
   return cache;
 }
 
+absl::Status RecurrentStateCache::CopySlots(absl::Span<const kernels::SlotCopy> copies) {
+  if (copies.empty()) return absl::OkStatus();
+  for (size_t l = 0; l < conv_.size(); ++l) {
+    SLUICE_RETURN_IF_ERROR(kernels::CopyStateSlots(copies, &conv_[l]));
+    SLUICE_RETURN_IF_ERROR(kernels::CopyStateSlots(copies, &recurrent_[l]));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace sluice::engine

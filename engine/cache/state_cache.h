@@ -9,7 +9,10 @@
 #include <optional>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/gated_delta_net.h"
 #include "kernels/tensor.h"
 
 namespace sluice::engine {
@@ -48,6 +51,10 @@ class RecurrentStateCache {
   const StateCacheShape& shape() const { return shape_; }
   kernels::Tensor& conv(int layer) { return conv_[layer]; }            // [slots, conv_dim, K-1]
   kernels::Tensor& recurrent(int layer) { return recurrent_[layer]; }  // [slots, H_v, d_k, d_v]
+  // Copies slot src to slot dst (conv tail and recurrent state of every layer) for every
+  // copy, with kernels::CopyStateSlots and its rules (slots in range, src != dst, each dst
+  // once and never a src). Empty copies do nothing.
+  absl::Status CopySlots(absl::Span<const kernels::SlotCopy> copies);
 
  private:
   StateCacheShape shape_;

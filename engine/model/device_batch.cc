@@ -20,6 +20,13 @@ absl::StatusOr<DeviceBatch> DeviceBatch::Upload(const ForwardBatch& batch, int32
   if (block_size <= 0) return absl::InvalidArgumentError("DeviceBatch: block size must be positive");
   const bool linear = seqs > 0 && batch.state_slots.size() == batch.sequences.size() &&
                       batch.state_fresh.size() == batch.sequences.size() && batch.state_slots[0] >= 0;
+  if (batch.checkpoint_slots.size() != batch.checkpoint_lens.size() ||
+      (!batch.checkpoint_slots.empty() && batch.checkpoint_slots.size() != batch.sequences.size())) {
+    return absl::InvalidArgumentError("ForwardBatch: checkpoint arrays must be empty or one entry per sequence");
+  }
+  // Two more rows of linear metadata when the step takes state checkpoints.
+  const bool checkpoints = linear && !batch.checkpoint_slots.empty();
+  const int64_t linear_fields = checkpoints ? 6 : 4;
   int64_t max_blocks = 1;
   for (const auto& s : batch.sequences) {
     max_blocks = std::max<int64_t>(max_blocks, (std::max(s.context_len, 0) + block_size - 1) / block_size);
@@ -29,7 +36,7 @@ absl::StatusOr<DeviceBatch> DeviceBatch::Upload(const ForwardBatch& batch, int32
   const int64_t n_ids = 0, n_pos = n_ids + tokens, n_slot = n_pos + tokens, n_logit = n_slot + tokens;
   const int64_t n_qstart = n_logit + rows, n_ctx = n_qstart + seqs + 1, n_table = n_ctx + seqs;
   const int64_t n_linear = n_table + seqs * max_blocks;
-  const int64_t total = n_linear + (linear ? 4 * seqs : 0);
+  const int64_t total = n_linear + (linear ? linear_fields * seqs : 0);
   std::vector<int32_t> host(static_cast<size_t>(std::max<int64_t>(total, 1)), -1);
   std::copy(batch.token_ids.begin(), batch.token_ids.end(), host.begin() + n_ids);
   std::copy(batch.positions.begin(), batch.positions.end(), host.begin() + n_pos);
@@ -55,6 +62,10 @@ absl::StatusOr<DeviceBatch> DeviceBatch::Upload(const ForwardBatch& batch, int32
       host[n_linear + 2 * seqs + s] = batch.state_slots[s];
       host[n_linear + 3 * seqs + s] = batch.state_fresh[s] != 0 ? 1 : 0;
     }
+    if (checkpoints) {
+      host[n_linear + 4 * seqs + s] = batch.checkpoint_slots[s];
+      host[n_linear + 5 * seqs + s] = batch.checkpoint_lens[s];
+    }
   }
   host[n_qstart + seqs] = seqs > 0 ? batch.sequences[seqs - 1].query_start + batch.sequences[seqs - 1].query_len : 0;
 
@@ -78,6 +89,10 @@ absl::StatusOr<DeviceBatch> DeviceBatch::Upload(const ForwardBatch& batch, int32
     SLUICE_ASSIGN_OR_RETURN(out.linear.length, view(n_linear + seqs, {seqs}));
     SLUICE_ASSIGN_OR_RETURN(out.linear.state_slot, view(n_linear + 2 * seqs, {seqs}));
     SLUICE_ASSIGN_OR_RETURN(out.linear.zero_initial_state, view(n_linear + 3 * seqs, {seqs}));
+  }
+  if (checkpoints) {
+    SLUICE_ASSIGN_OR_RETURN(out.linear.checkpoint_slot, view(n_linear + 4 * seqs, {seqs}));
+    SLUICE_ASSIGN_OR_RETURN(out.linear.checkpoint_len, view(n_linear + 5 * seqs, {seqs}));
   }
   return out;
 }

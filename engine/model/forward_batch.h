@@ -26,6 +26,16 @@ struct ForwardBatch {
   // starts from zero whatever the slot held before.
   std::vector<int32_t> state_slots;
   std::vector<uint8_t> state_fresh;
+  // Per sequence (parallel to `sequences`, or both empty: none): a recurrent-state
+  // snapshot to take inside this step's segment, for prefix caching. checkpoint_slots[s]
+  // >= 0 has the linear-attention layers also write, into that state slot, the state as
+  // it stands after the first checkpoint_lens[s] tokens of the segment (see
+  // kernels::LinearAttentionSequence for the rules: a slot no other sequence of the batch
+  // uses, 1 <= len <= the segment, and for a segment of more than one token, which takes
+  // the chunked path, a multiple of kernels::kGatedDeltaRuleChunk or the whole segment).
+  // -1: none for that sequence. Ignored for a model without linear-attention layers.
+  std::vector<int32_t> checkpoint_slots;
+  std::vector<int32_t> checkpoint_lens;
   // Rows whose logits the caller wants, in output order.
   std::vector<int32_t> logit_rows;
   // Per sequence (parallel to `sequences`, or empty): its compute budget; null or empty

@@ -1,5 +1,6 @@
 #include "engine/runner/model_runner.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,10 @@ void PackForwardBatch(const StepPlan& plan, ForwardBatch* batch) {
   batch->state_fresh.clear();
   batch->logit_rows.clear();
   batch->budgets.clear();
+  batch->checkpoint_slots.clear();
+  batch->checkpoint_lens.clear();
+  const bool checkpoints = std::any_of(plan.sequences.begin(), plan.sequences.end(),
+                                       [](const ScheduledSequence& s) { return s.checkpoint_slot >= 0; });
   const int32_t block_size = plan.block_size;
   for (const ScheduledSequence& s : plan.sequences) {
     const int32_t start = batch->num_tokens();
@@ -36,6 +41,10 @@ void PackForwardBatch(const StepPlan& plan, ForwardBatch* batch) {
     batch->state_slots.push_back(s.state_slot);
     batch->state_fresh.push_back(s.state_fresh ? 1 : 0);
     batch->budgets.push_back(s.budget);
+    if (checkpoints) {
+      batch->checkpoint_slots.push_back(s.checkpoint_slot);
+      batch->checkpoint_lens.push_back(s.checkpoint_slot >= 0 ? s.checkpoint_len : 0);
+    }
     if (s.sample) batch->logit_rows.push_back(start + s.num_tokens - 1);
   }
 }
@@ -58,6 +67,16 @@ StepOutput ModelRunner::Execute(const StepPlan& plan) {
   StepOutput output;
   if (plan.empty()) return output;
   output.start = absl::Now();
+  // Prefix-cache hits start from a snapshot of the recurrent state: copy each into its
+  // sequence's slot before the forward pass reads the slot.
+  restores_.clear();
+  for (const ScheduledSequence& s : plan.sequences) {
+    if (s.restore_slot >= 0) restores_.push_back({s.restore_slot, s.state_slot});
+  }
+  if (!restores_.empty()) {
+    output.status = state_cache_.CopySlots(restores_);
+    if (!output.status.ok()) return output;
+  }
   PackForwardBatch(plan, &batch_);
   // The step's metadata goes to the model's device here, in one copy; the forward pass
   // and its ops read it from there.

@@ -49,6 +49,7 @@ class ModelRunner {
   ForwardBatch batch_;
   std::vector<float> logits_;
   std::vector<SequenceCost> costs_;
+  std::vector<kernels::SlotCopy> restores_;  // snapshot → sequence slot, this step
   // Samplers live here, keyed by sequence id, rather than with the scheduler's sequence:
   // sampling is part of the step's compute (on a GPU its scratch, penalty counts and
   // logits stay on the device beside the forward pass), while the scheduler keeps only

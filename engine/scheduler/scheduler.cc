@@ -1,11 +1,13 @@
 #include "engine/scheduler/scheduler.h"
 
 #include <algorithm>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/model/language_model.h"
 #include "engine/scheduler/step_plan.h"
+#include "kernels/gated_delta_net.h"  // kGatedDeltaRuleChunk: the snapshot grid
 
 namespace sluice::engine {
 
@@ -26,6 +28,22 @@ struct Scheduler::Sequence {
   absl::Time first_scheduled = absl::InfinitePast();  // InfinitePast: not yet
   absl::Time first_token = absl::InfinitePast();
   absl::Time last_token = absl::InfinitePast();
+
+  // Prefix caching (engine/cache/prefix_cache.h).
+  BlockHash root;                 // the chain's root: the budget
+  std::vector<BlockHash> hashes;  // of the full blocks of `tokens`, in order
+  int32_t registered = 0;         // blocks of block_table made findable so far
+  int32_t prefill_end = 0;        // tokens.size() when last admitted
+  // A cached chain reached this position, but no snapshot did: the prefill takes one
+  // here, so the next request that shares the chain hits (0: none).
+  int32_t branch_point = 0;
+  bool on_grid = true;            // every prompt chunk so far kept to the snapshot grid
+  int32_t restore = -1;           // snapshot to restore before the next step (pinned)
+  int32_t writing = -1;           // snapshot the planned step writes, published by Apply
+  int32_t writing_pos = 0;
+  int32_t trailing = -1;          // snapshot taken while decoding, published at the end
+  int32_t trailing_pos = 0;
+  int32_t trailing_planned = 0;   // position the planned step's trailing checkpoint is at
 };
 
 Scheduler::Scheduler(const SchedulerOptions& options, const LanguageModel* model,
@@ -33,23 +51,42 @@ Scheduler::Scheduler(const SchedulerOptions& options, const LanguageModel* model
     : options_(options),
       model_(model),
       kv_shape_(kv_shape),
-      allocator_(kv_shape.num_blocks),
+      allocator_(kv_shape.num_blocks, kv_shape.block_size, options.enable_prefix_caching),
       state_shape_(state_shape),
-      state_slots_(state_shape.num_layers > 0 ? state_shape.num_slots : 0),
+      state_slots_(state_shape.num_layers > 0
+                       ? state_shape.num_slots - (options.enable_prefix_caching ? options.state_snapshots : 0)
+                       : 0),
       uses_state_(state_shape.num_layers > 0),
+      snapshots_(state_shape.num_layers > 0 && options.enable_prefix_caching ? options.state_snapshots : 0),
       eos_ids_(model->config().eos_token_ids),
       prefill_cap_(options.max_num_batched_tokens) {
-  free_blocks_ = allocator_.num_free();
-  free_state_slots_ = state_slots_.num_free();
-  published_itl_target_ms_ = ItlTargetMs();
-  published_prefill_cap_ = prefill_cap_;
+  snapshot_base_ = state_slots_.num_slots();
+  snapshot_grid_ = std::lcm(kv_shape.block_size, kernels::kGatedDeltaRuleChunk);
+  snapshot_interval_ = options.state_snapshot_interval > 0
+                           ? (options.state_snapshot_interval + snapshot_grid_ - 1) / snapshot_grid_ * snapshot_grid_
+                           : 0;
+  PublishCounters();
 }
 
 int32_t Scheduler::BlocksFor(int64_t tokens) const {
   return static_cast<int32_t>((tokens + kv_shape_.block_size - 1) / kv_shape_.block_size);
 }
 
-void Scheduler::ReleaseResources(Sequence* seq) {
+void Scheduler::ReleaseResources(Sequence* seq, bool keep_state) {
+  if (seq->restore >= 0) snapshots_.Unpin(seq->restore);
+  if (seq->writing >= 0) snapshots_.Release(seq->writing);
+  if (seq->trailing >= 0) {
+    // The state as it stood at trailing_pos, whose blocks are all registered: the next
+    // turn of a conversation re-sends exactly this prefix.
+    if (keep_state && seq->trailing_pos > 0) {
+      snapshots_.Publish(seq->trailing, seq->hashes[seq->trailing_pos / kv_shape_.block_size - 1]);
+    } else {
+      snapshots_.Release(seq->trailing);
+    }
+  }
+  seq->restore = seq->writing = seq->trailing = -1;
+  seq->trailing_pos = seq->trailing_planned = 0;
+  seq->registered = 0;
   allocator_.Free(&seq->block_table);
   if (seq->state_slot >= 0) {
     state_slots_.Free(seq->state_slot);
@@ -68,6 +105,7 @@ absl::Status Scheduler::Enqueue(GenerationRequest request, std::shared_ptr<Reque
                         : static_cast<int32_t>(options_.max_model_len - seq->prompt_len);
   seq->usage.prompt_tokens = seq->prompt_len;
   seq->budget = ResolveBudget(request.budget, model_->config().num_layers);
+  seq->root = RootBlockHash(&seq->budget);
   seq->usage.layers_skipped = seq->budget.num_skipped_layers;
   seq->request = std::move(request);
   seq->channel = std::move(channel);
@@ -113,6 +151,13 @@ SchedulerStats Scheduler::Stats() const {
   s.finished = finished_;
   s.itl_target_ms = published_itl_target_ms_;
   s.prefill_cap = published_prefill_cap_;
+  s.prefix_cache_queries = published_prefix_.prefix_cache_queries;
+  s.prefix_cache_hits = published_prefix_.prefix_cache_hits;
+  s.cached_blocks = published_prefix_.cached_blocks;
+  s.block_evictions = published_prefix_.block_evictions;
+  s.state_snapshots = published_prefix_.state_snapshots;
+  s.total_state_snapshots = published_prefix_.total_state_snapshots;
+  s.snapshot_evictions = published_prefix_.snapshot_evictions;
   return s;
 }
 
@@ -135,7 +180,8 @@ void Scheduler::DrainInbox() {
 }
 
 void Scheduler::Finish(SeqPtr seq, absl::Status status, FinishReason reason) {
-  ReleaseResources(seq.get());
+  // A failed forward pass leaves the state of its sequences untrusted.
+  ReleaseResources(seq.get(), status.code() != absl::StatusCode::kInternal);
   released_.push_back(seq->arrival);
   const absl::Time now = absl::Now();
   const bool scheduled = seq->first_scheduled != absl::InfinitePast();
@@ -192,14 +238,38 @@ void Scheduler::DropCancelledAndExpired() {
 void Scheduler::Admit() {
   while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
     Sequence& next = *waiting_.front();
+    // The longest cached prefix this sequence can start from (none with caching off).
+    std::vector<int32_t> hit_blocks;
+    int32_t snapshot = -1;
+    const int32_t hit = allocator_.caching() ? LookUpPrefix(&next, &hit_blocks, &snapshot) : 0;
     // Admit only when the whole current context fits, so an admitted prompt is not
-    // preempted by its own growth on the next step.
-    const int32_t need = BlocksFor(static_cast<int64_t>(next.tokens.size()) + 1);
-    if (need > allocator_.num_free()) break;
+    // preempted by its own growth on the next step. Hit blocks that nobody references
+    // count as available until they are taken here.
+    int32_t reclaimed = 0;
+    for (int32_t b : hit_blocks) reclaimed += allocator_.refcount(b) == 0 ? 1 : 0;
+    const int32_t need = BlocksFor(static_cast<int64_t>(next.tokens.size()) + 1) -
+                         static_cast<int32_t>(hit_blocks.size());
+    if (need > allocator_.num_available() - reclaimed) break;
     if (uses_state_) {
       std::optional<int32_t> slot = state_slots_.Allocate();
       if (!slot) break;
       next.state_slot = *slot;
+    }
+    if (allocator_.caching()) {
+      prefix_queries_ += next.tokens.size();
+      prefix_hits_ += hit;
+      for (int32_t b : hit_blocks) allocator_.Acquire(b);
+      next.block_table = std::move(hit_blocks);
+      next.registered = static_cast<int32_t>(next.block_table.size());
+      next.num_computed = hit;
+      next.usage.cached_tokens = std::min(hit, next.prompt_len);
+      next.prefill_end = static_cast<int32_t>(next.tokens.size());
+      next.on_grid = true;
+      if (snapshot >= 0) {
+        next.restore = snapshot;
+        snapshots_.Pin(snapshot);
+        snapshots_.Touch(snapshot);
+      }
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
@@ -255,7 +325,14 @@ void Scheduler::OnStepTimed(absl::Duration step, int32_t decodes, int32_t prompt
 void Scheduler::PublishCounters() {
   std::lock_guard<std::mutex> lock(mu_);
   running_count_ = static_cast<int32_t>(running_.size());
-  free_blocks_ = allocator_.num_free();
+  free_blocks_ = allocator_.num_available();
+  published_prefix_.prefix_cache_queries = prefix_queries_;
+  published_prefix_.prefix_cache_hits = prefix_hits_;
+  published_prefix_.cached_blocks = allocator_.num_cached();
+  published_prefix_.block_evictions = allocator_.evictions();
+  published_prefix_.state_snapshots = snapshots_.num_published();
+  published_prefix_.total_state_snapshots = snapshots_.num_snapshots();
+  published_prefix_.snapshot_evictions = snapshots_.evictions();
   free_state_slots_ = state_slots_.num_free();
   published_itl_target_ms_ = ItlTargetMs();
   published_prefill_cap_ = prefill_cap_;
@@ -266,7 +343,7 @@ bool Scheduler::EnsureBlocks(Sequence* seq, int32_t total_tokens,
                              std::vector<uint64_t>* preempted) {
   const int32_t need = BlocksFor(total_tokens) - static_cast<int32_t>(seq->block_table.size());
   if (need <= 0) return true;
-  while (need > allocator_.num_free()) {
+  while (need > allocator_.num_available()) {
     if (!PreemptOne(seq, pinned, preempted)) return false;
   }
   return allocator_.Allocate(need, &seq->block_table);
@@ -367,7 +444,9 @@ StepPlan Scheduler::Schedule() {
       count = std::max(count, std::min(remaining, std::max(budget, 0)) > 0 ? 1 : 0);
     }
     if (count <= 0) continue;
+    if (remaining > 1) count = AlignPromptChunk(*seq, count);
     if (!EnsureBlocks(seq, seq->num_computed + count, pinned, &plan.preempted)) continue;
+    PlanCheckpoint(seq, &count, remaining == 1);
     pinned.insert(seq);
     budget -= count;
     if (remaining == 1) {
@@ -398,6 +477,14 @@ StepPlan Scheduler::Schedule() {
     s.state_slot = seq->state_slot;
     s.state_fresh = seq->num_computed == 0;
     s.decode = c.decode;
+    if (seq->restore >= 0) s.restore_slot = snapshot_base_ + seq->restore;
+    if (seq->writing >= 0) {
+      s.checkpoint_slot = snapshot_base_ + seq->writing;
+      s.checkpoint_len = seq->writing_pos - seq->num_computed;
+    } else if (seq->trailing_planned > 0) {
+      s.checkpoint_slot = snapshot_base_ + seq->trailing;
+      s.checkpoint_len = seq->trailing_planned - seq->num_computed;
+    }
     s.budget = seq->budget.empty() ? nullptr : &seq->budget;
     s.sample = seq->num_computed + c.count == static_cast<int32_t>(seq->tokens.size());
     if (s.sample) {
@@ -463,6 +550,7 @@ void Scheduler::Apply(const StepPlan& plan, const StepOutput& output) {
     const SequenceOutput& out = output.sequences[si];
     const int32_t past = seq->num_computed;
     seq->num_computed += s.num_tokens;
+    if (allocator_.caching()) ApplyCaching(seq, s);
     const double flops = model_->DenseFlops(past, s.num_tokens);
     seq->usage.dense_flops += flops;
     if (seq->budget.empty() || !out.has_cost) {
@@ -515,6 +603,160 @@ void Scheduler::Apply(const StepPlan& plan, const StepOutput& output) {
   PublishCounters();
   step_metrics.seconds = absl::ToDoubleSeconds(absl::Now() - step_start);
   if (options_.on_step) options_.on_step(step_metrics);
+}
+
+// ---- Prefix caching -------------------------------------------------------------------
+
+bool Scheduler::StateCacheable(const Sequence& seq) {
+  // GateSkip leaves a linear layer's skipped rows out of its recurrence, so positions in
+  // the segment no longer line up with the state's: no snapshots under a skip_ratio.
+  return seq.budget.skip_ratio == 0.f;
+}
+
+void Scheduler::HashFullBlocks(Sequence* seq) const {
+  const size_t bs = static_cast<size_t>(kv_shape_.block_size);
+  while (seq->hashes.size() < seq->tokens.size() / bs) {
+    const size_t i = seq->hashes.size();
+    const BlockHash parent = i == 0 ? seq->root : seq->hashes.back();
+    seq->hashes.push_back(ChainBlockHash(parent, absl::MakeConstSpan(seq->tokens).subspan(i * bs, bs)));
+  }
+}
+
+int32_t Scheduler::LookUpPrefix(Sequence* seq, std::vector<int32_t>* blocks, int32_t* snapshot) {
+  HashFullBlocks(seq);
+  const int32_t bs = kv_shape_.block_size;
+  // At least the last token is computed: its logits give the next token. On a hybrid
+  // model at least two: a one-token segment runs the recurrent form of the Gated
+  // DeltaNet, where the uncached prefill's last chunk runs the chunked form, and the two
+  // differ in fp32 rounding; two or more keep the cached run bit-identical.
+  const int32_t min_left = uses_state_ ? 2 : 1;
+  const int32_t max_blocks = (static_cast<int32_t>(seq->tokens.size()) - min_left) / bs;
+  *blocks = allocator_.Match(seq->hashes, seq->tokens, max_blocks);
+  seq->branch_point = 0;
+  if (!uses_state_) return static_cast<int32_t>(blocks->size()) * bs;
+  // A hybrid model also needs the recurrent state where the hit ends: the longest
+  // matched chain, on the snapshot grid, that has a snapshot.
+  const int32_t step = snapshot_grid_ / bs;
+  const int32_t on_grid = static_cast<int32_t>(blocks->size()) / step * step;
+  int32_t hit = 0;
+  if (snapshots_.num_snapshots() > 0 && StateCacheable(*seq)) {
+    for (int32_t j = on_grid; j > 0; j -= step) {
+      if (std::optional<int32_t> id = snapshots_.Find(seq->hashes[j - 1])) {
+        *snapshot = *id;
+        hit = j;
+        break;
+      }
+    }
+    // The chain goes further than any snapshot: take one there this time.
+    if (on_grid > hit) seq->branch_point = on_grid * bs;
+  }
+  blocks->resize(hit);
+  return hit * bs;
+}
+
+int32_t Scheduler::AlignPromptChunk(const Sequence& seq, int32_t count) const {
+  if (!allocator_.caching() || !uses_state_) return count;
+  const int32_t end = seq.num_computed + count;
+  if (end == static_cast<int32_t>(seq.tokens.size())) return count;  // the prompt's last chunk
+  const int32_t aligned = end / snapshot_grid_ * snapshot_grid_;
+  return aligned > seq.num_computed ? aligned - seq.num_computed : count;  // too short: off grid
+}
+
+int32_t Scheduler::NextSnapshotPoint(const Sequence& seq, int32_t after) const {
+  // Where a prompt wants snapshots: every interval, at a branch point, and at the end of
+  // the prefill, each on the grid. 0: none after `after`.
+  const int32_t end = seq.prefill_end / snapshot_grid_ * snapshot_grid_;
+  if (end <= after) return 0;
+  int32_t best = end;
+  if (seq.branch_point > after && seq.branch_point < best) best = seq.branch_point;
+  if (snapshot_interval_ > 0) best = std::min(best, (after / snapshot_interval_ + 1) * snapshot_interval_);
+  return best;
+}
+
+void Scheduler::PlanCheckpoint(Sequence* seq, int32_t* count, bool decode) {
+  seq->trailing_planned = 0;
+  if (!allocator_.caching() || !uses_state_ || snapshots_.num_snapshots() == 0 || !StateCacheable(*seq)) {
+    return;
+  }
+  const int32_t bs = kv_shape_.block_size;
+  const int32_t start = seq->num_computed;
+  if (decode) {
+    // The token at `start` ends a grid cell: keep the state after it as the sequence's
+    // trailing snapshot (one per sequence, overwritten as it goes, published when the
+    // sequence ends). Recurrent decode keeps no chunk grid, so any cell end will do.
+    if ((start + 1) % snapshot_grid_ != 0) return;
+    if (seq->trailing < 0) {
+      std::optional<int32_t> id = snapshots_.Allocate();
+      if (!id) return;
+      seq->trailing = *id;
+    }
+    seq->trailing_planned = start + 1;
+    return;
+  }
+  if (!seq->on_grid) return;
+  int32_t end = start + *count;
+  int32_t point = NextSnapshotPoint(*seq, start);
+  while (point > 0 && point <= end && snapshots_.Find(seq->hashes[point / bs - 1])) {
+    point = NextSnapshotPoint(*seq, point);  // already cached
+  }
+  if (point > 0 && point <= end) {
+    // One checkpoint per sequence and step: a chunk that would cross a second wanted
+    // point ends at the first, and the next step goes on from there.
+    const int32_t second = NextSnapshotPoint(*seq, point);
+    if (second > 0 && second <= end) {
+      *count = point - start;
+      end = point;
+    }
+    if (std::optional<int32_t> id = snapshots_.Allocate()) {
+      seq->writing = *id;
+      seq->writing_pos = point;
+    }
+  }
+  if (end != static_cast<int32_t>(seq->tokens.size()) && end % snapshot_grid_ != 0) seq->on_grid = false;
+}
+
+void Scheduler::ApplyCaching(Sequence* seq, const ScheduledSequence& s) {
+  const int32_t bs = kv_shape_.block_size;
+  if (s.restore_slot >= 0 && seq->restore >= 0) {
+    snapshots_.Unpin(seq->restore);
+    seq->restore = -1;
+  }
+  HashFullBlocks(seq);
+  if (seq->writing >= 0) {
+    snapshots_.Publish(seq->writing, seq->hashes[seq->writing_pos / bs - 1]);
+    seq->writing = -1;
+  }
+  if (seq->trailing_planned > 0) {
+    seq->trailing_pos = seq->trailing_planned;
+    seq->trailing_planned = 0;
+  }
+  // Every block whose tokens are now all computed becomes findable.
+  const int32_t full =
+      std::min<int32_t>(seq->num_computed / bs, static_cast<int32_t>(seq->block_table.size()));
+  for (int32_t i = seq->registered; i < full; ++i) {
+    allocator_.Register(seq->block_table[i], seq->hashes[i], i == 0 ? seq->root : seq->hashes[i - 1],
+                        absl::MakeConstSpan(seq->tokens).subspan(static_cast<size_t>(i) * bs, bs));
+  }
+  seq->registered = std::max(seq->registered, full);
+}
+
+std::string Scheduler::CheckCacheInvariants() const {
+  if (std::string e = allocator_.CheckInvariants(); !e.empty()) return e;
+  if (std::string e = snapshots_.CheckInvariants(); !e.empty()) return e;
+  std::vector<int32_t> refs(allocator_.num_blocks(), 0);
+  for (const SeqPtr& seq : running_) {
+    for (int32_t b : seq->block_table) ++refs[b];
+  }
+  for (const SeqPtr& seq : waiting_) {
+    if (!seq->block_table.empty()) return "a queued sequence holds blocks";
+  }
+  for (int32_t b = 0; b < allocator_.num_blocks(); ++b) {
+    if (refs[b] != allocator_.refcount(b)) {
+      return absl::StrCat("block ", b, " is in ", refs[b], " block tables but has ",
+                          allocator_.refcount(b), " references");
+    }
+  }
+  return "";
 }
 
 double Scheduler::EstimatedReadBytes(const StepPlan& plan) const {

@@ -33,12 +33,14 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "engine/cache/kv_cache.h"
+#include "engine/cache/prefix_cache.h"
 #include "engine/cache/state_cache.h"
 #include "engine/request.h"
 
@@ -47,6 +49,7 @@ namespace sluice::engine {
 class LanguageModel;
 struct StepPlan;    // engine/scheduler/step_plan.h
 struct StepOutput;
+struct ScheduledSequence;
 
 // Below this, an automatic target is not worth the prefill throughput it costs: nobody
 // reading a stream tells 5 ms gaps from 1 ms ones, and tiny models' step times are noise.
@@ -84,6 +87,18 @@ struct SchedulerOptions {
   // (1.5 did not, once gRPC shared the two cores with the steps).
   double itl_target_factor = 0;
   StepObserver on_step;  // optional
+  // Prefix caching (engine/cache/prefix_cache.h): full KV blocks are shared by content
+  // and, on hybrid models, recurrent-state snapshots let a sequence start past a shared
+  // prefix. Off here (the library default keeps every step's work visible to tests);
+  // the engine turns it on.
+  bool enable_prefix_caching = false;
+  // Hybrid models: the last `state_snapshots` slots of the state shape hold snapshots;
+  // the others are the running sequences' slots.
+  int32_t state_snapshots = 0;
+  // Hybrid models: a snapshot every this many prompt tokens (rounded up to the snapshot
+  // grid; 0: only at the end of each prefill, at branch points and at the end of each
+  // finished sequence).
+  int32_t state_snapshot_interval = 0;
 };
 
 struct SchedulerStats {
@@ -98,6 +113,15 @@ struct SchedulerStats {
   uint64_t finished = 0;
   double itl_target_ms = 0;        // the step-time target in force (0: none yet, or off)
   int32_t prefill_cap = 0;         // prompt tokens allowed beside decodes under it
+  // Prefix caching, as vLLM's prefix_cache_queries / prefix_cache_hits: tokens looked up
+  // at admission (the whole context of each admitted sequence) and tokens found cached.
+  uint64_t prefix_cache_queries = 0;
+  uint64_t prefix_cache_hits = 0;
+  int32_t cached_blocks = 0;       // KV blocks findable by content (referenced or not)
+  uint64_t block_evictions = 0;    // cached blocks reused for new allocations
+  int32_t state_snapshots = 0;     // published recurrent-state snapshots
+  int32_t total_state_snapshots = 0;
+  uint64_t snapshot_evictions = 0;
 };
 
 class Scheduler {
@@ -132,6 +156,10 @@ class Scheduler {
   void Apply(const StepPlan& plan, const StepOutput& output);
   // Ends every queued and running request with `status` (shutdown).
   void AbortAll(const absl::Status& status);
+  // Engine thread only (tests). Empty when the caches' bookkeeping is consistent;
+  // otherwise what is wrong: the block pool's and snapshot pool's own invariants, and
+  // every block's reference count equal to the running sequences' tables holding it.
+  std::string CheckCacheInvariants() const;
 
  private:
   struct Sequence;  // scheduler.cc
@@ -151,18 +179,36 @@ class Scheduler {
   bool AutoItlTarget() const;                // no explicit target, factor > 0
   bool NeedsProbe(int32_t decodes) const;    // see Schedule
   int32_t BlocksFor(int64_t tokens) const;
-  // Returns a sequence's KV blocks and state slot to their pools.
-  void ReleaseResources(Sequence* seq);
+  // Returns a sequence's KV blocks and state slot to their pools. `keep_state`: its
+  // finished-sequence snapshot is published (false when its state is not trusted).
+  void ReleaseResources(Sequence* seq, bool keep_state = true);
+  // Prefix caching helpers (scheduler.cc).
+  static bool StateCacheable(const Sequence& seq);
+  void HashFullBlocks(Sequence* seq) const;
+  int32_t LookUpPrefix(Sequence* seq, std::vector<int32_t>* blocks, int32_t* snapshot);
+  int32_t AlignPromptChunk(const Sequence& seq, int32_t count) const;
+  int32_t NextSnapshotPoint(const Sequence& seq, int32_t after) const;
+  void PlanCheckpoint(Sequence* seq, int32_t* count, bool decode);
+  void ApplyCaching(Sequence* seq, const ScheduledSequence& s);
   void Finish(SeqPtr seq, absl::Status status, FinishReason reason);
   bool QueueOrder(const Sequence& a, const Sequence& b) const;
 
   SchedulerOptions options_;
   const LanguageModel* model_;
   KvCacheShape kv_shape_;
-  KvBlockAllocator allocator_;
+  KvBlockPool allocator_;
   StateCacheShape state_shape_;
   StateSlotPool state_slots_;
   bool uses_state_ = false;
+  // Prefix caching (see SchedulerOptions): snapshots, the grid every snapshot position
+  // and every non-final prompt chunk of a hybrid model keeps to (the lcm of the block
+  // size and the Gated DeltaNet chunk, so a resumed prefill keeps the chunk grid of an
+  // uninterrupted one), and the interval in tokens (a multiple of the grid, 0: none).
+  StateSnapshotPool snapshots_;
+  int32_t snapshot_base_ = 0;  // state slot of snapshot 0
+  int32_t snapshot_grid_ = 0;
+  int32_t snapshot_interval_ = 0;
+  uint64_t prefix_queries_ = 0, prefix_hits_ = 0;
   std::vector<int32_t> eos_ids_;
   int32_t prefill_cap_;  // prompt tokens allowed in a step with decodes (ITL target)
   double decode_step_ms_ = 0;  // moving average of decode-step times (auto target)
@@ -184,6 +230,7 @@ class Scheduler {
   int32_t free_state_slots_ = 0;
   uint64_t steps_ = 0, preemptions_ = 0, finished_ = 0;
   double published_itl_target_ms_ = 0;
+  SchedulerStats published_prefix_;  // its prefix-caching fields
   int32_t published_prefill_cap_ = 0;
 
   // Engine thread only.

@@ -38,6 +38,15 @@ struct ScheduledSequence {
   int32_t state_slot = -1;                 // recurrent-state slot; -1 when the model has none
   bool state_fresh = false;                // first step of the sequence (or of its recompute)
   bool decode = false;                     // exactly one token was left to compute
+  // Prefix caching (engine/cache/prefix_cache.h). restore_slot >= 0: this is the first
+  // step after a hit, and the runner copies recurrent-state slot restore_slot (a
+  // snapshot) into state_slot before the forward pass; the hit's tokens are already in
+  // num_computed. checkpoint_slot >= 0: the step also writes the state as it stands
+  // after the first checkpoint_len of its tokens into that slot (a new snapshot; the
+  // Gated DeltaNet ops' checkpoint, kernels/gated_delta_net.h).
+  int32_t restore_slot = -1;
+  int32_t checkpoint_slot = -1;
+  int32_t checkpoint_len = 0;
   const SequenceBudget* budget = nullptr;  // null: dense
 
   // Sampling. When `sample` is set the chunk reaches the end of the sequence, so its last

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -181,7 +182,9 @@ struct Workspace {
 // Expanding o = e^g Sᵀq + (k·q) δ lets one pass over S produce both Sᵀk and Sᵀq; the
 // second pass writes S'. S (64 KB at 128 × 128) stays in cache between the two, so decode
 // reads and writes the state in memory once.
-void RecurrentHead(const HeadProblem& hp, float* __restrict state, Workspace& ws) {
+// checkpoint: null, or where to copy S after the first checkpoint_len tokens.
+void RecurrentHead(const HeadProblem& hp, float* __restrict state, Workspace& ws,
+                   float* __restrict checkpoint, int64_t checkpoint_len) {
   const int64_t dk = hp.dk, dv = hp.dv;
   const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
   float* qn = ws.vec.data();
@@ -216,6 +219,9 @@ void RecurrentHead(const HeadProblem& hp, float* __restrict state, Workspace& ws
       const float ki = kn[i];
       for (int64_t c = 0; c < dv; ++c) row[c] = decay * row[c] + ki * delta[c];
     }
+    if (checkpoint != nullptr && t + 1 == checkpoint_len) {
+      std::memcpy(checkpoint, state, dk * dv * sizeof(float));
+    }
   }
 }
 
@@ -230,7 +236,10 @@ void RecurrentHead(const HeadProblem& hp, float* __restrict state, Workspace& ws
 // matrix as T = (I − A')⁻¹ with A' = −A. transformers pads the last chunk with zero
 // tokens (k = v = 0, g = β = 0), which neither decay nor write the state, so a short
 // last chunk is simply processed at its own length.
-void ChunkedHead(const HeadProblem& hp, float* __restrict state, Workspace& ws) {
+// checkpoint: null, or where to copy S after the chunk that ends at checkpoint_len (a
+// chunk end: a multiple of kChunk or the length, which CheckSequences enforces).
+void ChunkedHead(const HeadProblem& hp, float* __restrict state, Workspace& ws,
+                 float* __restrict checkpoint, int64_t checkpoint_len) {
   const int64_t dk = hp.dk, dv = hp.dv;
   const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
   float* qc = ws.q.data();
@@ -315,7 +324,16 @@ void ChunkedHead(const HeadProblem& hp, float* __restrict state, Workspace& ws) 
     const float chunk_decay = std::exp(g_last);
     for (int64_t i = 0; i < dk * dv; ++i) state[i] *= chunk_decay;
     MatMulAcc(kd_t, kChunk, uc, dv, state, dv, dk, n, dv, 1.0f);
+    if (checkpoint != nullptr && c0 + n == checkpoint_len) {
+      std::memcpy(checkpoint, state, dk * dv * sizeof(float));
+    }
   }
+}
+
+// Which path GatedDeltaRule takes for a segment of `length` tokens.
+bool UsesRecurrentPath(GatedDeltaRuleMode mode, int64_t length) {
+  return mode == GatedDeltaRuleMode::kRecurrent ||
+         (mode == GatedDeltaRuleMode::kAuto && length == 1);
 }
 
 }  // namespace
@@ -346,8 +364,9 @@ void CausalConv1dSilu(const Tensor& x, const Tensor& weight,
 
 #pragma omp parallel if (tasks > 1 && tokens * channels * kernel > (1 << 15))
   {
-    // old: the previous K-1 inputs; next: the last K-1 rows of xpad. Both [K-1, kBlock].
-    std::vector<float> scratch(2 * history * kBlock);
+    // old: the previous K-1 inputs; next: the last K-1 rows of xpad; snap: the K-1 rows
+    // of xpad before the checkpoint. All [K-1, kBlock].
+    std::vector<float> scratch(3 * history * kBlock);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
       const LinearAttentionSequence& s = sequences[task / blocks];
@@ -357,6 +376,11 @@ void CausalConv1dSilu(const Tensor& x, const Tensor& weight,
       float* state = states + static_cast<int64_t>(s.state_slot) * channels * history;
       float* old = scratch.data();
       float* next = old + history * kBlock;
+      float* snap = next + history * kBlock;
+      float* checkpoint =
+          s.checkpoint_slot >= 0
+              ? states + static_cast<int64_t>(s.checkpoint_slot) * channels * history
+              : nullptr;
 
       for (int64_t i = 0; i < history; ++i) {
         for (int64_t c = 0; c < width; ++c) {
@@ -367,9 +391,14 @@ void CausalConv1dSilu(const Tensor& x, const Tensor& weight,
       auto xpad_row = [&](int64_t r) -> const float* {
         return r < history ? old + r * kBlock : xs + (s.start + r - history) * channels + c0;
       };
-      // The new state is taken before any output is written, since y may be x.
+      // The new state (and the checkpoint's, what the state would be had the segment
+      // ended after checkpoint_len tokens) is taken before any output is written, since y
+      // may be x.
       for (int64_t i = 0; i < history; ++i) {
         std::memcpy(next + i * kBlock, xpad_row(length + i), width * sizeof(float));
+        if (checkpoint != nullptr) {
+          std::memcpy(snap + i * kBlock, xpad_row(s.checkpoint_len + i), width * sizeof(float));
+        }
       }
       // y[t] = silu(Σ_j w[:, j] · xpad[t + j]). Last token first: token t reads inputs
       // t−K+1 … t, none of which a later-written (earlier) token's output overwrites.
@@ -387,6 +416,13 @@ void CausalConv1dSilu(const Tensor& x, const Tensor& weight,
       for (int64_t c = 0; c < width; ++c) {
         for (int64_t i = 0; i < history; ++i) {
           state[(c0 + c) * history + i] = next[i * kBlock + c];
+        }
+      }
+      if (checkpoint != nullptr) {
+        for (int64_t c = 0; c < width; ++c) {
+          for (int64_t i = 0; i < history; ++i) {
+            checkpoint[(c0 + c) * history + i] = snap[i * kBlock + c];
+          }
         }
       }
     }
@@ -431,14 +467,26 @@ void GatedDeltaRule(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
       hp.dk = dk;
       hp.dv = dv;
 
-      const bool recurrent = mode == GatedDeltaRuleMode::kRecurrent ||
-                             (mode == GatedDeltaRuleMode::kAuto && s.length == 1);
-      if (recurrent) {
-        RecurrentHead(hp, head_state, ws);
+      float* checkpoint =
+          s.checkpoint_slot >= 0
+              ? state->data<float>() +
+                    (static_cast<int64_t>(s.checkpoint_slot) * value_heads + h) * dk * dv
+              : nullptr;
+      if (UsesRecurrentPath(mode, s.length)) {
+        RecurrentHead(hp, head_state, ws, checkpoint, s.checkpoint_len);
       } else {
-        ChunkedHead(hp, head_state, ws);
+        ChunkedHead(hp, head_state, ws, checkpoint, s.checkpoint_len);
       }
     }
+  }
+}
+
+void CopyStateSlots(absl::Span<const SlotCopy> copies, Tensor* state) {
+  const size_t row_bytes = state->bytes() / static_cast<size_t>(state->dim(0));
+  char* base = static_cast<char*>(state->raw());
+  for (const SlotCopy& c : copies) {
+    std::memcpy(base + static_cast<size_t>(c.dst) * row_bytes,
+                base + static_cast<size_t>(c.src) * row_bytes, row_bytes);
   }
 }
 
@@ -464,9 +512,13 @@ namespace {
 
 // Segments lie inside [0, tokens), do not overlap, and use distinct slots in
 // [0, num_slots): each sequence's state is then read and written by exactly one task.
+// Checkpoint slots lie in [0, num_slots) too and differ from every other slot of the call
+// (state or checkpoint), with 1 <= checkpoint_len <= length; with `delta_rule_mode`
+// (GatedDeltaRule), a segment on the chunked path must checkpoint at one of its chunk ends.
 absl::Status CheckSequences(absl::string_view op,
                             absl::Span<const LinearAttentionSequence> sequences, int64_t tokens,
-                            int64_t num_slots) {
+                            int64_t num_slots,
+                            std::optional<GatedDeltaRuleMode> delta_rule_mode = std::nullopt) {
   std::vector<std::pair<int64_t, int64_t>> segments;  // (start, end) of non-empty segments
   std::vector<int32_t> slots;
   segments.reserve(sequences.size());
@@ -485,6 +537,25 @@ absl::Status CheckSequences(absl::string_view op,
     }
     if (s.length > 0) segments.emplace_back(s.start, end);
     slots.push_back(s.state_slot);
+    if (s.checkpoint_slot < 0) continue;
+    if (s.checkpoint_slot >= num_slots) {
+      return absl::OutOfRangeError(absl::StrCat(op, ": sequence ", i, " uses checkpoint slot ",
+                                                s.checkpoint_slot, " outside [0, ", num_slots,
+                                                ")"));
+    }
+    if (s.checkpoint_len < 1 || s.checkpoint_len > s.length) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": sequence ", i, " has checkpoint_len ", s.checkpoint_len,
+          " outside [1, length = ", s.length, "]"));
+    }
+    if (delta_rule_mode.has_value() && !UsesRecurrentPath(*delta_rule_mode, s.length) &&
+        s.checkpoint_len % kChunk != 0 && s.checkpoint_len != s.length) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": sequence ", i, " has checkpoint_len ", s.checkpoint_len,
+          ", not a chunk end of its segment of ", s.length,
+          " tokens (the chunked path checkpoints only at a multiple of ", kChunk,
+          " or at the segment's length)"));
+    }
   }
   std::sort(segments.begin(), segments.end());
   for (size_t i = 1; i < segments.size(); ++i) {
@@ -497,18 +568,69 @@ absl::Status CheckSequences(absl::string_view op,
     return absl::InvalidArgumentError(
         absl::StrCat(op, ": two sequences of one batch share a state slot"));
   }
+  // Each checkpoint slot against the state slots (sorted above) and the checkpoint slots
+  // before it.
+  std::vector<int32_t> checkpoints;
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int32_t c = sequences[i].checkpoint_slot;
+    if (c < 0) continue;
+    if (std::binary_search(slots.begin(), slots.end(), c) ||
+        std::find(checkpoints.begin(), checkpoints.end(), c) != checkpoints.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": sequence ", i, "'s checkpoint slot ", c,
+          " is also a state slot or another checkpoint slot of the batch"));
+    }
+    checkpoints.push_back(c);
+  }
+  return absl::OkStatus();
+}
+
+// The slot copies of CopyStateSlots: in [0, num_slots), src != dst, every dst once and
+// never a src.
+absl::Status CheckSlotCopies(absl::Span<const SlotCopy> copies, int64_t num_slots) {
+  constexpr absl::string_view kOp = "CopyStateSlots";
+  std::vector<int32_t> srcs, dsts;
+  for (size_t i = 0; i < copies.size(); ++i) {
+    const SlotCopy& c = copies[i];
+    if (c.src < 0 || c.src >= num_slots || c.dst < 0 || c.dst >= num_slots) {
+      return absl::InvalidArgumentError(absl::StrCat(kOp, ": copy ", i, " (", c.src, " -> ", c.dst,
+                                                     ") has a slot outside [0, ", num_slots, ")"));
+    }
+    if (c.src == c.dst) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": copy ", i, " copies slot ", c.src, " onto itself"));
+    }
+    srcs.push_back(c.src);
+    dsts.push_back(c.dst);
+  }
+  std::sort(srcs.begin(), srcs.end());
+  std::sort(dsts.begin(), dsts.end());
+  if (std::adjacent_find(dsts.begin(), dsts.end()) != dsts.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": two copies write one slot"));
+  }
+  for (int32_t d : dsts) {
+    if (std::binary_search(srcs.begin(), srcs.end(), d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": slot ", d, " is both the destination and the source of copies"));
+    }
+  }
   return absl::OkStatus();
 }
 
 // A LinearAttentionBatch on the CPU, read back as host sequences.
 std::vector<LinearAttentionSequence> HostSequences(const LinearAttentionBatch& batch) {
   const int64_t count = batch.start.numel();
+  const bool checkpoints = batch.checkpoint_slot.defined();  // checkpoint_len too (checked)
   std::vector<LinearAttentionSequence> sequences(count);
   for (int64_t i = 0; i < count; ++i) {
     sequences[i] = LinearAttentionSequence{batch.start.data<int32_t>()[i],
                                            batch.length.data<int32_t>()[i],
                                            batch.state_slot.data<int32_t>()[i],
                                            batch.zero_initial_state.data<int32_t>()[i] != 0};
+    if (checkpoints) {
+      sequences[i].checkpoint_slot = batch.checkpoint_slot.data<int32_t>()[i];
+      sequences[i].checkpoint_len = batch.checkpoint_len.data<int32_t>()[i];
+    }
   }
   return sequences;
 }
@@ -528,8 +650,15 @@ absl::Status GatedDeltaRuleChecked(const Tensor& q, const Tensor& k, const Tenso
                                    const Tensor& g, const Tensor& beta,
                                    absl::Span<const LinearAttentionSequence> sequences,
                                    Tensor* state, Tensor* out, GatedDeltaRuleMode mode) {
-  SLUICE_RETURN_IF_ERROR(CheckSequences("GatedDeltaRule", sequences, q.dim(0), state->dim(0)));
+  SLUICE_RETURN_IF_ERROR(
+      CheckSequences("GatedDeltaRule", sequences, q.dim(0), state->dim(0), mode));
   cpu::GatedDeltaRule(q, k, v, g, beta, sequences, state, out, mode);
+  return absl::OkStatus();
+}
+
+absl::Status CopyStateSlotsChecked(absl::Span<const SlotCopy> copies, Tensor* state) {
+  SLUICE_RETURN_IF_ERROR(CheckSlotCopies(copies, state->dim(0)));
+  cpu::CopyStateSlots(copies, state);
   return absl::OkStatus();
 }
 
@@ -552,6 +681,11 @@ absl::Status GatedDeltaRuleBody<Device::kCpu>(const Tensor& q, const Tensor& k, 
                                               Tensor* out, GatedDeltaRuleMode mode) {
   return cpu::GatedDeltaRuleChecked(q, k, v, g, beta, cpu::HostSequences(batch), state, out,
                                     mode);
+}
+
+template <>
+absl::Status CopyStateSlotsBody<Device::kCpu>(absl::Span<const SlotCopy> copies, Tensor* state) {
+  return cpu::CopyStateSlotsChecked(copies, state);
 }
 
 template <>

@@ -25,6 +25,10 @@ absl::Status GatedDeltaRuleChecked(const Tensor& q, const Tensor& k, const Tenso
                                    const Tensor& g, const Tensor& beta,
                                    absl::Span<const LinearAttentionSequence> sequences,
                                    Tensor* state, Tensor* out, GatedDeltaRuleMode mode);
+// Row src of dim 0 to row dst, per copy (any dtype); Checked first checks the slots as
+// CopyStateSlots (gated_delta_net.h) documents.
+void CopyStateSlots(absl::Span<const SlotCopy> copies, Tensor* state);
+absl::Status CopyStateSlotsChecked(absl::Span<const SlotCopy> copies, Tensor* state);
 void GatedRmsNorm(const Tensor& x, const Tensor& z, const Tensor& weight, float eps, Tensor* out);
 
 }  // namespace sluice::kernels::cpu

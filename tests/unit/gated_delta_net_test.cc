@@ -1,8 +1,9 @@
 // The Gated DeltaNet kernels (kernels/gated_delta_net.h): the chunked and recurrent
 // delta-rule paths against each other and against a double-precision reference, ragged
 // batches against single-sequence runs, state carry-over across calls, the causal conv
-// and the gated RMSNorm against naive references, and everything against transformers'
-// qwen3_next functions through tests/data/kernels/gated_delta_net.safetensors (made by
+// and the gated RMSNorm against naive references, checkpoints taken inside a segment and
+// slot copies (bit for bit against shorter and resumed calls), and everything against
+// transformers' qwen3_next functions through tests/data/kernels/gated_delta_net.safetensors (made by
 // tests/fixtures/make_gdn_kernel_fixture.py).
 #include "kernels/gated_delta_net.h"
 
@@ -13,6 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/cache/state_cache.h"
+#include "engine/model/device_batch.h"
+#include "engine/model/forward_batch.h"
 #include "engine/weights/safetensors.h"
 #include "gtest/gtest.h"
 #include "tests/unit/tensor_test_util.h"
@@ -520,6 +524,469 @@ TEST(GatedRmsNormTest, MatchesReferenceAndWorksInPlace) {
   EXPECT_EQ(GatedRmsNorm(xt, zt, bad_w, eps, &out).code(), absl::StatusCode::kInvalidArgument);
   Tensor bad_z = Zeros({tokens, heads, d - 1});
   EXPECT_EQ(GatedRmsNorm(xt, bad_z, wt, eps, &out).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoints inside a segment and slot copies (prefix caching of recurrent state)
+// ---------------------------------------------------------------------------------------
+
+using testing::BitEqual;
+using testing::MakeI32;
+
+// seq with a checkpoint of its first `len` tokens into `slot`.
+Seq WithCheckpoint(Seq seq, int32_t slot, int32_t len) {
+  seq.checkpoint_slot = slot;
+  seq.checkpoint_len = len;
+  return seq;
+}
+
+// Row `slot` of a state tensor, as its own tensor (a copy), with the slot dim kept.
+Tensor SlotOf(const Tensor& state, int64_t slot) { return Copy(state.Rows(slot, 1)); }
+
+Tensor RunConv(const Tensor& x, const Tensor& w, absl::Span<const Seq> seqs, Tensor* state) {
+  Tensor y = Zeros(x.shape());
+  absl::Status st = CausalConv1dSilu(x, w, seqs, state, &y);
+  EXPECT_TRUE(st.ok()) << st;
+  return y;
+}
+
+// The sequences as a CPU LinearAttentionBatch with the two checkpoint tensors.
+LinearAttentionBatch ToBatchWithCheckpoints(const std::vector<Seq>& seqs) {
+  std::vector<int32_t> start, length, slot, zero, ckpt_slot, ckpt_len;
+  for (const Seq& s : seqs) {
+    start.push_back(s.start);
+    length.push_back(s.length);
+    slot.push_back(s.state_slot);
+    zero.push_back(s.zero_initial_state ? 1 : 0);
+    ckpt_slot.push_back(s.checkpoint_slot);
+    ckpt_len.push_back(s.checkpoint_len);
+  }
+  const int64_t n = static_cast<int64_t>(seqs.size());
+  return {MakeI32(start, {n}),     MakeI32(length, {n}),    MakeI32(slot, {n}),
+          MakeI32(zero, {n}),      MakeI32(ckpt_slot, {n}), MakeI32(ckpt_len, {n})};
+}
+
+constexpr int64_t kHk = 2, kHv = 4, kDk = 32, kDv = 16;
+
+TEST(GatedDeltaRuleCheckpointTest, ChunkedCheckpointEqualsTheShorterCallBitForBit) {
+  const int32_t tokens = 200;
+  DeltaRuleInputs in = RandomDeltaRuleInputs(tokens, kHk, kHv, kDk, kDv, 61);
+  // Slot 0: the sequence; slot 2: its checkpoint; slots 1 and 3 hold garbage throughout.
+  const Tensor initial = RandomState(4, kHv, kDk, kDv, 62);
+  for (bool fresh : {true, false}) {
+    for (Mode mode : {Mode::kChunked, Mode::kAuto}) {
+      SCOPED_TRACE(std::string(fresh ? "fresh" : "carried state") + " mode " +
+                   std::to_string(static_cast<int>(mode)));
+      const Seq seq{0, tokens, 0, fresh};
+      Tensor plain_state = Copy(initial);
+      const Tensor plain = RunDeltaRule(in, {seq}, &plain_state, mode);
+      for (int32_t len : {64, 128, 200}) {
+        SCOPED_TRACE("checkpoint at " + std::to_string(len));
+        Tensor state = Copy(initial);
+        const Tensor out = RunDeltaRule(in, {WithCheckpoint(seq, 2, len)}, &state, mode);
+        // Outputs and the final state: the same bits as without the checkpoint.
+        EXPECT_TRUE(BitEqual(out, plain));
+        EXPECT_TRUE(BitEqual(SlotOf(state, 0), SlotOf(plain_state, 0)));
+        // The checkpoint: the state a call of only the first `len` tokens leaves.
+        Tensor short_state = Copy(initial);
+        RunDeltaRule(Slice(in, 0, len), {Seq{0, len, 0, fresh}}, &short_state, mode);
+        EXPECT_TRUE(BitEqual(SlotOf(state, 2), SlotOf(short_state, 0)));
+        EXPECT_GT(MaxAbs(SlotOf(state, 2)), 0.05f);
+        // No other slot moved.
+        for (int64_t other : {1, 3}) {
+          EXPECT_TRUE(BitEqual(SlotOf(state, other), SlotOf(initial, other))) << other;
+        }
+      }
+    }
+  }
+}
+
+TEST(GatedDeltaRuleCheckpointTest, ResumingFromACheckpointKeepsTheChunkGrid) {
+  const int32_t tokens = 200;
+  DeltaRuleInputs in = RandomDeltaRuleInputs(tokens, kHk, kHv, kDk, kDv, 71);
+  const Tensor initial = RandomState(4, kHv, kDk, kDv, 72);
+  Tensor whole_state = Copy(initial);
+  const Tensor whole = RunDeltaRule(in, {Seq{0, tokens, 0, true}}, &whole_state, Mode::kAuto);
+  const int64_t row = kHv * kDv;  // floats of output per token
+  for (int32_t len : {64, 128}) {
+    SCOPED_TRACE("checkpoint at " + std::to_string(len));
+    Tensor state = Copy(initial);
+    RunDeltaRule(in, {WithCheckpoint(Seq{0, tokens, 0, true}, 2, len)}, &state, Mode::kAuto);
+    // Into a fresh slot, as a prefix-cache hit does, then the rest of the prompt.
+    ASSERT_TRUE(CopyStateSlots({SlotCopy{2, 3}}, &state).ok());
+    EXPECT_TRUE(BitEqual(SlotOf(state, 3), SlotOf(state, 2)));
+    const int32_t rest = tokens - len;
+    const Tensor tail =
+        RunDeltaRule(Slice(in, len, rest), {Seq{0, rest, 3, false}}, &state, Mode::kAuto);
+    EXPECT_EQ(std::memcmp(tail.data<float>(), whole.data<float>() + len * row,
+                          tail.numel() * sizeof(float)),
+              0);
+    EXPECT_TRUE(BitEqual(SlotOf(state, 3), SlotOf(whole_state, 0)));
+  }
+  // The same split off the grid (100 tokens, then 100) is only close: the chunks of the
+  // second call start at 100, not 128, so fp32 rounds differently. This is what the
+  // checkpoint rule guards against, and shows that the bit comparisons above can fail.
+  Tensor state = Copy(initial);
+  RunDeltaRule(Slice(in, 0, 100), {Seq{0, 100, 3, true}}, &state, Mode::kAuto);
+  const Tensor tail = RunDeltaRule(Slice(in, 100, 100), {Seq{0, 100, 3, false}}, &state, Mode::kAuto);
+  const float diff = MaxAbsDiff(tail.data<float>(), whole.data<float>() + 100 * row, tail.numel());
+  EXPECT_GT(diff, 0.f);
+  EXPECT_LE(diff, 1e-5f);
+}
+
+TEST(GatedDeltaRuleCheckpointTest, RecurrentModeCheckpointsAtAnyLength) {
+  const int32_t tokens = 23;
+  DeltaRuleInputs in = RandomDeltaRuleInputs(tokens, kHk, kHv, kDk, kDv, 81);
+  const Tensor initial = RandomState(3, kHv, kDk, kDv, 82);
+  Tensor plain_state = Copy(initial);
+  const Tensor plain = RunDeltaRule(in, {Seq{0, tokens, 1, false}}, &plain_state, Mode::kRecurrent);
+  for (int32_t len : {1, 5, 22, 23}) {
+    SCOPED_TRACE("checkpoint at " + std::to_string(len));
+    Tensor state = Copy(initial);
+    const Tensor out = RunDeltaRule(in, {WithCheckpoint(Seq{0, tokens, 1, false}, 0, len)}, &state,
+                                    Mode::kRecurrent);
+    EXPECT_TRUE(BitEqual(out, plain));
+    EXPECT_TRUE(BitEqual(SlotOf(state, 1), SlotOf(plain_state, 1)));
+    Tensor short_state = Copy(initial);
+    RunDeltaRule(Slice(in, 0, len), {Seq{0, len, 1, false}}, &short_state, Mode::kRecurrent);
+    EXPECT_TRUE(BitEqual(SlotOf(state, 0), SlotOf(short_state, 1)));
+  }
+  // A decode step (kAuto, one token: the recurrent path) checkpointing its only token.
+  Tensor state = Copy(initial);
+  RunDeltaRule(Slice(in, 0, 1), {WithCheckpoint(Seq{0, 1, 1, false}, 2, 1)}, &state, Mode::kAuto);
+  EXPECT_TRUE(BitEqual(SlotOf(state, 2), SlotOf(state, 1)));
+}
+
+TEST(GatedDeltaRuleCheckpointTest, RaggedBatchWithCheckpointsEqualsEachSequenceAlone) {
+  const std::vector<int32_t> lengths = {1, 64, 150, 7, 130};
+  const std::vector<int32_t> slots = {4, 0, 6, 2, 5};
+  const std::vector<bool> fresh = {false, true, false, true, false};
+  const std::vector<int32_t> ckpt_slot = {7, -1, 1, 3, 8};
+  const std::vector<int32_t> ckpt_len = {1, 0, 128, 7, 64};
+  int64_t tokens = 0;
+  for (int32_t l : lengths) tokens += l;
+  DeltaRuleInputs in = RandomDeltaRuleInputs(tokens, kHk, kHv, kDk, kDv, 91);
+  const Tensor initial = RandomState(9, kHv, kDk, kDv, 92);
+  std::vector<Seq> seqs;
+  int32_t start = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    seqs.push_back(WithCheckpoint(Seq{start, lengths[i], slots[i], fresh[i]}, ckpt_slot[i], ckpt_len[i]));
+    start += lengths[i];
+  }
+  Tensor batch_state = Copy(initial);
+  const Tensor batch = RunDeltaRule(in, seqs, &batch_state, Mode::kAuto);
+  // The tensor form: the same bits.
+  Tensor tensor_state = Copy(initial);
+  Tensor tensor_out = Zeros({tokens, kHv, kDv});
+  ASSERT_TRUE(GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, ToBatchWithCheckpoints(seqs),
+                             &tensor_state, &tensor_out)
+                  .ok());
+  EXPECT_TRUE(BitEqual(tensor_out, batch) && BitEqual(tensor_state, batch_state));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    SCOPED_TRACE("sequence of length " + std::to_string(lengths[i]));
+    Tensor alone_state = Copy(initial);
+    const Tensor alone = RunDeltaRule(Slice(in, seqs[i].start, lengths[i]),
+                                      {Seq{0, lengths[i], slots[i], fresh[i]}}, &alone_state, Mode::kAuto);
+    EXPECT_EQ(std::memcmp(alone.data<float>(), batch.data<float>() + seqs[i].start * kHv * kDv,
+                          alone.numel() * sizeof(float)),
+              0);
+    EXPECT_TRUE(BitEqual(SlotOf(batch_state, slots[i]), SlotOf(alone_state, slots[i])));
+    if (ckpt_slot[i] < 0) continue;
+    Tensor short_state = Copy(initial);
+    RunDeltaRule(Slice(in, seqs[i].start, ckpt_len[i]), {Seq{0, ckpt_len[i], slots[i], fresh[i]}},
+                 &short_state, Mode::kAuto);
+    EXPECT_TRUE(BitEqual(SlotOf(batch_state, ckpt_slot[i]), SlotOf(short_state, slots[i])));
+  }
+}
+
+TEST(GatedDeltaRuleCheckpointTest, RejectsBadCheckpoints) {
+  DeltaRuleInputs in = RandomDeltaRuleInputs(200, 1, 2, 16, 8, 95);
+  const Tensor initial = RandomState(4, 2, 16, 8, 96);
+  Tensor state = Copy(initial);
+  Tensor out = Zeros({200, 2, 8});
+  auto call = [&](const std::vector<Seq>& seqs, Mode mode = Mode::kAuto) {
+    return GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, seqs, &state, &out, mode);
+  };
+  const Seq a{0, 150, 0, true}, b{150, 50, 1, false};
+  // Not a chunk end of the chunked path, in both chunked modes; named in the message.
+  for (Mode mode : {Mode::kAuto, Mode::kChunked}) {
+    absl::Status s = call({WithCheckpoint(a, 2, 100)}, mode);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("chunk end"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("multiple of 64"), std::string::npos) << s;
+  }
+  // Lengths outside [1, length].
+  EXPECT_EQ(call({WithCheckpoint(a, 2, 0)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 2, 192)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 2, -64)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(Seq{0, 0, 0, true}, 2, 1)}).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Slots: outside the tensor, its own state slot, another sequence's, another checkpoint's.
+  EXPECT_EQ(call({WithCheckpoint(a, 4, 64)}).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(call({WithCheckpoint(a, 0, 64)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 1, 64), b}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({a, WithCheckpoint(b, 0, 50)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 2, 64), WithCheckpoint(b, 2, 50)}).code(),
+            absl::StatusCode::kInvalidArgument);
+  // None of the refused calls wrote anything.
+  EXPECT_TRUE(BitEqual(state, initial));
+  // What is allowed: the segment's end, a multiple of 64, any length on the recurrent
+  // path, negative slots meaning none.
+  EXPECT_TRUE(call({WithCheckpoint(a, 2, 150), WithCheckpoint(b, 3, 50)}).ok());
+  EXPECT_TRUE(call({WithCheckpoint(a, 2, 128)}).ok());
+  EXPECT_TRUE(call({WithCheckpoint(a, 2, 100)}, Mode::kRecurrent).ok());
+  EXPECT_TRUE(call({WithCheckpoint(a, -7, 100)}).ok());
+  // The tensor form: both checkpoint tensors or neither.
+  LinearAttentionBatch batch = ToBatchWithCheckpoints({WithCheckpoint(a, 2, 64)});
+  EXPECT_TRUE(GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, batch, &state, &out).ok());
+  LinearAttentionBatch half = batch;
+  half.checkpoint_len = Tensor();
+  EXPECT_EQ(GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, half, &state, &out).code(),
+            absl::StatusCode::kInvalidArgument);
+  LinearAttentionBatch bad_dtype = batch;
+  bad_dtype.checkpoint_len = Make({64.f}, {1});
+  EXPECT_EQ(GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, bad_dtype, &state, &out).code(),
+            absl::StatusCode::kInvalidArgument);
+  LinearAttentionBatch off_grid = ToBatchWithCheckpoints({WithCheckpoint(a, 2, 65)});
+  EXPECT_EQ(GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, off_grid, &state, &out).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CausalConv1dSiluCheckpointTest, CheckpointIsTheShorterCallsTailAndResumeIsExact) {
+  // 600 channels: a full 512-channel block and a partial one.
+  const int64_t channels = 600, kernel = 4, history = kernel - 1;
+  const int32_t tokens = 200;
+  const Tensor x = Make(Randn(tokens * channels, 101), {tokens, channels});
+  const Tensor w = Make(Randn(channels * kernel, 102, 0.5f), {channels, kernel});
+  const Tensor initial = Make(Randn(4 * channels * history, 103), {4, channels, history});
+  for (bool fresh : {true, false}) {
+    SCOPED_TRACE(fresh ? "fresh" : "carried state");
+    const Seq seq{0, tokens, 0, fresh};
+    Tensor plain_state = Copy(initial);
+    const Tensor plain = RunConv(x, w, {seq}, &plain_state);
+    // Shorter than K-1 (the tail still holds older state), chunk ends, odd, the end.
+    for (int32_t len : {1, 2, 3, 5, 64, 128, 199, 200}) {
+      SCOPED_TRACE("checkpoint at " + std::to_string(len));
+      for (bool in_place : {false, true}) {
+        Tensor state = Copy(initial);
+        Tensor input = Copy(x);
+        Tensor y = in_place ? input : Zeros(x.shape());
+        ASSERT_TRUE(CausalConv1dSilu(input, w, {WithCheckpoint(seq, 2, len)}, &state, &y).ok());
+        EXPECT_TRUE(BitEqual(y, plain)) << in_place;
+        EXPECT_TRUE(BitEqual(SlotOf(state, 0), SlotOf(plain_state, 0)));
+        Tensor short_state = Copy(initial);
+        RunConv(x.Rows(0, len), w, {Seq{0, len, 0, fresh}}, &short_state);
+        EXPECT_TRUE(BitEqual(SlotOf(state, 2), SlotOf(short_state, 0))) << in_place;
+        for (int64_t other : {1, 3}) EXPECT_TRUE(BitEqual(SlotOf(state, other), SlotOf(initial, other)));
+        if (in_place || len == tokens) continue;
+        // Resume from the checkpoint in a fresh slot: the rest of the outputs and the
+        // final tail, bit for bit.
+        ASSERT_TRUE(CopyStateSlots({SlotCopy{2, 3}}, &state).ok());
+        const Tensor tail = RunConv(x.Rows(len, tokens - len), w, {Seq{0, tokens - len, 3, false}}, &state);
+        EXPECT_EQ(std::memcmp(tail.data<float>(), plain.data<float>() + len * channels,
+                              tail.numel() * sizeof(float)),
+                  0);
+        EXPECT_TRUE(BitEqual(SlotOf(state, 3), SlotOf(plain_state, 0)));
+      }
+    }
+  }
+}
+
+TEST(CausalConv1dSiluCheckpointTest, RaggedBatchAndRejectedCheckpoints) {
+  const int64_t channels = 40, kernel = 4, history = kernel - 1;
+  const std::vector<int32_t> lengths = {1, 2, 9, 0, 70};
+  const std::vector<int32_t> slots = {3, 0, 5, 1, 4};
+  const std::vector<int32_t> ckpt_slot = {6, 2, 7, -1, 8};
+  const std::vector<int32_t> ckpt_len = {1, 1, 4, 0, 65};  // any length: the conv has no grid
+  int64_t tokens = 0;
+  for (int32_t l : lengths) tokens += l;
+  const Tensor x = Make(Randn(tokens * channels, 111), {tokens, channels});
+  const Tensor w = Make(Randn(channels * kernel, 112, 0.5f), {channels, kernel});
+  const Tensor initial = Make(Randn(9 * channels * history, 113), {9, channels, history});
+  std::vector<Seq> seqs;
+  int32_t start = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    seqs.push_back(WithCheckpoint(Seq{start, lengths[i], slots[i], i % 2 == 0}, ckpt_slot[i], ckpt_len[i]));
+    start += lengths[i];
+  }
+  Tensor state = Copy(initial);
+  const Tensor y = RunConv(x, w, seqs, &state);
+  Tensor tensor_state = Copy(initial);
+  Tensor tensor_y = Zeros(x.shape());
+  ASSERT_TRUE(CausalConv1dSilu(x, w, ToBatchWithCheckpoints(seqs), &tensor_state, &tensor_y).ok());
+  EXPECT_TRUE(BitEqual(tensor_y, y) && BitEqual(tensor_state, state));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (ckpt_slot[i] < 0) continue;
+    SCOPED_TRACE("sequence " + std::to_string(i));
+    Tensor short_state = Copy(initial);
+    RunConv(x.Rows(seqs[i].start, ckpt_len[i]), w, {Seq{0, ckpt_len[i], slots[i], seqs[i].zero_initial_state}},
+            &short_state);
+    EXPECT_TRUE(BitEqual(SlotOf(state, ckpt_slot[i]), SlotOf(short_state, slots[i])));
+  }
+
+  Tensor fixed = Copy(initial);
+  Tensor out = Zeros(x.shape());
+  auto call = [&](const std::vector<Seq>& s) { return CausalConv1dSilu(x, w, s, &fixed, &out); };
+  const Seq a{0, 10, 0, true}, b{10, 5, 1, false};
+  EXPECT_EQ(call({WithCheckpoint(a, 9, 3)}).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(call({WithCheckpoint(a, 0, 3)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 1, 3), b}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 2, 3), WithCheckpoint(b, 2, 3)}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 2, 0)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call({WithCheckpoint(a, 2, 11)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(BitEqual(fixed, initial));
+  EXPECT_TRUE(call({WithCheckpoint(a, 2, 7), WithCheckpoint(b, 3, 5)}).ok());
+}
+
+TEST(CopyStateSlotsTest, CopiesRowsOfAnyDtypeAndRankAndLeavesTheRestAlone) {
+  // f32 [5, 2, 3, 4], i32 [6], bf16 [4, 7].
+  const Tensor f = Make(Randn(5 * 24, 121), {5, 2, 3, 4});
+  Tensor f_copy = Copy(f);
+  ASSERT_TRUE(CopyStateSlots({SlotCopy{1, 3}, SlotCopy{1, 0}, SlotCopy{4, 2}}, &f_copy).ok());
+  for (auto [dst, src] : std::vector<std::pair<int, int>>{{0, 1}, {1, 1}, {2, 4}, {3, 1}, {4, 4}}) {
+    EXPECT_TRUE(BitEqual(SlotOf(f_copy, dst), SlotOf(f, src))) << dst;
+  }
+  Tensor i = MakeI32({10, 11, 12, 13, 14, 15}, {6});
+  ASSERT_TRUE(CopyStateSlots({SlotCopy{5, 0}, SlotCopy{2, 4}}, &i).ok());
+  EXPECT_EQ(std::vector<int32_t>(i.data<int32_t>(), i.data<int32_t>() + 6),
+            (std::vector<int32_t>{15, 11, 12, 13, 12, 15}));
+  Tensor h = *Tensor::Empty({4, 7}, DType::kBF16);
+  for (int64_t e = 0; e < h.numel(); ++e) h.data<uint16_t>()[e] = static_cast<uint16_t>(e * 37);
+  const Tensor h0 = Copy(h);
+  ASSERT_TRUE(CopyStateSlots({SlotCopy{3, 1}}, &h).ok());
+  EXPECT_TRUE(BitEqual(SlotOf(h, 1), SlotOf(h0, 3)));
+  EXPECT_TRUE(BitEqual(SlotOf(h, 0), SlotOf(h0, 0)) && BitEqual(SlotOf(h, 2), SlotOf(h0, 2)) &&
+              BitEqual(SlotOf(h, 3), SlotOf(h0, 3)));
+  // No copies: nothing happens, even on an empty tensor.
+  Tensor none = Copy(f);
+  EXPECT_TRUE(CopyStateSlots({}, &none).ok());
+  EXPECT_TRUE(BitEqual(none, f));
+}
+
+TEST(CopyStateSlotsTest, RejectsBadCopiesBeforeCopyingAnything) {
+  const Tensor f = Make(Randn(4 * 6, 131), {4, 6});
+  Tensor t = Copy(f);
+  for (const std::vector<SlotCopy>& bad : std::vector<std::vector<SlotCopy>>{
+           {{0, 4}},                  // dst out of range
+           {{-1, 2}},                 // src out of range
+           {{0, 1}, {2, 2}},          // onto itself
+           {{0, 1}, {2, 1}},          // one dst twice
+           {{0, 1}, {1, 2}},          // a dst that is also a src (order would matter)
+           {{0, 1}, {3, 2}, {2, 0}},  // the same, the other way round
+       }) {
+    absl::Status s = CopyStateSlots(bad, &t);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("CopyStateSlots"), std::string::npos) << s;
+  }
+  EXPECT_TRUE(BitEqual(t, f));
+  EXPECT_EQ(CopyStateSlots({SlotCopy{0, 1}}, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  Tensor undefined;
+  EXPECT_EQ(CopyStateSlots({SlotCopy{0, 1}}, &undefined).code(), absl::StatusCode::kInvalidArgument);
+  Tensor scalar = *Tensor::Zeros({}, DType::kF32);
+  EXPECT_EQ(CopyStateSlots({SlotCopy{0, 1}}, &scalar).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RecurrentStateCacheTest, CopySlotsCopiesConvAndRecurrentStateOfEveryLayer) {
+  engine::StateCacheShape shape;
+  shape.num_layers = 3;
+  shape.num_slots = 4;
+  shape.conv_dim = 10;
+  shape.conv_tail = 3;
+  shape.num_value_heads = 2;
+  shape.key_head_dim = 4;
+  shape.value_head_dim = 5;
+  auto cache = engine::RecurrentStateCache::Create(shape, Device::kCpu);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  std::vector<Tensor> before;
+  uint32_t seed = 140;
+  for (int l = 0; l < shape.num_layers; ++l) {
+    for (Tensor* t : {&cache->conv(l), &cache->recurrent(l)}) {
+      const std::vector<float> v = Randn(t->numel(), seed++);
+      std::copy(v.begin(), v.end(), t->data<float>());
+      before.push_back(Copy(*t));
+    }
+  }
+  EXPECT_TRUE(cache->CopySlots({}).ok());
+  ASSERT_TRUE(cache->CopySlots({SlotCopy{2, 0}, SlotCopy{2, 3}}).ok());
+  for (int l = 0; l < shape.num_layers; ++l) {
+    int idx = 2 * l;
+    for (Tensor* t : {&cache->conv(l), &cache->recurrent(l)}) {
+      SCOPED_TRACE("layer " + std::to_string(l) + " tensor " + std::to_string(idx));
+      const Tensor& b = before[idx++];
+      EXPECT_TRUE(BitEqual(SlotOf(*t, 0), SlotOf(b, 2)));
+      EXPECT_TRUE(BitEqual(SlotOf(*t, 1), SlotOf(b, 1)));
+      EXPECT_TRUE(BitEqual(SlotOf(*t, 2), SlotOf(b, 2)));
+      EXPECT_TRUE(BitEqual(SlotOf(*t, 3), SlotOf(b, 2)));
+    }
+  }
+  EXPECT_EQ(cache->CopySlots({SlotCopy{1, 4}}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DeviceBatchTest, PacksCheckpointsIntoTheOneUpload) {
+  // Two sequences: a prefill of 130 tokens checkpointing at 128 into slot 5, and a decode.
+  engine::ForwardBatch batch;
+  const std::vector<int32_t> table_a = {0, 1, 2, 3, 4, 5, 6, 7, 8}, table_b = {9};
+  for (int32_t t = 0; t < 131; ++t) {
+    batch.token_ids.push_back(t % 50);
+    batch.positions.push_back(t < 130 ? t : 3);
+    batch.slot_mapping.push_back(t < 130 ? t : 9 * 16 + 3);
+  }
+  batch.sequences = {AttentionSequence{0, 130, 130, table_a.data()},
+                     AttentionSequence{130, 1, 4, table_b.data()}};
+  batch.state_slots = {2, 0};
+  batch.state_fresh = {1, 0};
+  batch.logit_rows = {129, 130};
+
+  // Without checkpoints: no checkpoint tensors.
+  ResetTransferCounts();
+  auto plain = engine::DeviceBatch::Upload(batch, 16, Device::kCpu);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->linear.checkpoint_slot.defined() || plain->linear.checkpoint_len.defined());
+  EXPECT_EQ(GetTransferCounts().host_to_device, 1u);
+
+  batch.checkpoint_slots = {5, -1};
+  batch.checkpoint_lens = {128, 0};
+  ResetTransferCounts();
+  auto meta = engine::DeviceBatch::Upload(batch, 16, Device::kCpu);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(GetTransferCounts().host_to_device, 1u) << "still one upload per step";
+  const LinearAttentionBatch& linear = meta->linear;
+  ASSERT_TRUE(linear.checkpoint_slot.defined() && linear.checkpoint_len.defined());
+  auto values = [](const Tensor& t) {
+    return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
+  };
+  EXPECT_EQ(values(linear.start), (std::vector<int32_t>{0, 130}));
+  EXPECT_EQ(values(linear.length), (std::vector<int32_t>{130, 1}));
+  EXPECT_EQ(values(linear.state_slot), (std::vector<int32_t>{2, 0}));
+  EXPECT_EQ(values(linear.zero_initial_state), (std::vector<int32_t>{1, 0}));
+  EXPECT_EQ(values(linear.checkpoint_slot), (std::vector<int32_t>{5, -1}));
+  EXPECT_EQ(values(linear.checkpoint_len), (std::vector<int32_t>{128, 0}));
+  // The rest of the metadata is unchanged by the two extra rows.
+  EXPECT_EQ(values(meta->token_ids), values(plain->token_ids));
+  EXPECT_EQ(values(meta->logit_rows), values(plain->logit_rows));
+  EXPECT_EQ(values(meta->attention.block_tables), values(plain->attention.block_tables));
+
+  // The packed tensors drive the ops like the host form.
+  DeltaRuleInputs in = RandomDeltaRuleInputs(131, 1, 2, 16, 8, 151);
+  const Tensor initial = RandomState(6, 2, 16, 8, 152);
+  Tensor a = Copy(initial), b = Copy(initial);
+  Tensor oa = Zeros({131, 2, 8}), ob = Zeros({131, 2, 8});
+  ASSERT_TRUE(GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, linear, &a, &oa).ok());
+  ASSERT_TRUE(GatedDeltaRule(in.q, in.k, in.v, in.g, in.beta,
+                             {WithCheckpoint(Seq{0, 130, 2, true}, 5, 128), Seq{130, 1, 0, false}},
+                             &b, &ob)
+                  .ok());
+  EXPECT_TRUE(BitEqual(oa, ob) && BitEqual(a, b));
+  EXPECT_FALSE(BitEqual(SlotOf(a, 5), SlotOf(initial, 5)));
+
+  // Mismatched arrays.
+  batch.checkpoint_lens = {128};
+  EXPECT_EQ(engine::DeviceBatch::Upload(batch, 16, Device::kCpu).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  batch.checkpoint_slots = {5};
+  EXPECT_EQ(engine::DeviceBatch::Upload(batch, 16, Device::kCpu).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // ---------------------------------------------------------------------------------------

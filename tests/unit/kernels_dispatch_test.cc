@@ -119,6 +119,8 @@ std::vector<std::pair<std::string, std::function<absl::Status()>>> AllOpsOn(
     return GatedDeltaRule(dq, dk, dv, dg, db, lab, &dstate, &dout);
   });
   ops.emplace_back("GatedRmsNorm", [=]() mutable { return GatedRmsNorm(out3, z3, w4, 1e-6f, &dout); });
+  ops.emplace_back("CopyStateSlots",
+                   [=]() mutable { return CopyStateSlots({SlotCopy{0, 1}}, &dstate); });
   return ops;
 }
 

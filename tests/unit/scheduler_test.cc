@@ -4,7 +4,8 @@
 // admission order, chunked prefill under the token budget, preemption order,
 // cancellation at every stage, deadlines, queue limits, the accounting invariant (every
 // request ends exactly once; blocks and slots all return) over 10,000 random operations,
-// and what a plan contains.
+// what a plan contains, and prefix caching (shared blocks, snapshots, their invariants
+// under 64 streams of random traffic, checked against a shadow of the caches' contents).
 #include "engine/scheduler/scheduler.h"
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "engine/cache/prefix_cache.h"
 #include "engine/model/language_model.h"
 #include "engine/scheduler/step_plan.h"
 #include "gtest/gtest.h"
@@ -86,14 +88,14 @@ StepOutput FakeOutput(const StepPlan& plan, absl::Duration per_token) {
 
 struct Harness {
   explicit Harness(SchedulerOptions options, int32_t num_blocks = 64, int32_t block_size = 4,
-                   int32_t slots = 8) {
+                   int32_t slots = 8, int32_t state_layers = 1) {
     KvCacheShape kv;
     kv.num_layers = 0;  // no model reads it; only the accounting matters
     kv.num_blocks = num_blocks;
     kv.block_size = block_size;
     StateCacheShape st;
-    st.num_layers = 1;
-    st.num_slots = slots;
+    st.num_layers = state_layers;
+    st.num_slots = slots + (options.enable_prefix_caching ? options.state_snapshots : 0);
     st.conv_dim = 1;
     st.conv_tail = 1;
     st.num_value_heads = 1;
@@ -818,6 +820,380 @@ TEST(SchedulerPlanTest, ApplyAccountsTheExecutedComputeTheOutputReports) {
   EXPECT_EQ(b.usage.branches_skipped, 3u);
   EXPECT_EQ(b.usage.branches_total, 8u);
   EXPECT_EQ(step_executed, 6.5);
+}
+
+
+// ---- Prefix caching -------------------------------------------------------------------
+
+TEST(KvBlockPoolTest, SharesByContentEvictsOldestUnreferencedAndNeverAReferencedBlock) {
+  KvBlockPool pool(/*num_blocks=*/4, /*block_size=*/2, /*caching=*/true);
+  const BlockHash root = RootBlockHash(nullptr);
+  const std::vector<int32_t> tokens = {1, 2, 3, 4};
+  const BlockHash h0 = ChainBlockHash(root, {1, 2});
+  const BlockHash h1 = ChainBlockHash(h0, {3, 4});
+  std::vector<int32_t> a;
+  ASSERT_TRUE(pool.Allocate(2, &a));
+  pool.Register(a[0], h0, root, {1, 2});
+  pool.Register(a[1], h1, h0, {3, 4});
+  EXPECT_EQ(pool.Match(std::vector<BlockHash>{h0, h1}, tokens, 2), a);
+  EXPECT_EQ(pool.Match(std::vector<BlockHash>{h0, h1}, tokens, 1).size(), 1u) << "capped";
+  EXPECT_TRUE(pool.Match(std::vector<BlockHash>{h0, h1}, std::vector<int32_t>{1, 2, 3, 5}, 2).size() == 1)
+      << "the stored tokens are compared, not only the hash";
+  EXPECT_NE(ChainBlockHash(root, {1, 2}), ChainBlockHash(root, {2, 1}));
+  SequenceBudget budget;
+  budget.experts_per_token = 1;
+  EXPECT_NE(RootBlockHash(&budget), root) << "a budget that changes the K/V has its own chains";
+
+  // A second holder shares both blocks; freeing one holder keeps them referenced.
+  std::vector<int32_t> b = a;
+  for (int32_t blk : b) pool.Acquire(blk);
+  EXPECT_EQ(pool.refcount(a[0]), 2);
+  std::vector<int32_t> a_copy = a;
+  pool.Free(&a_copy);
+  EXPECT_EQ(pool.refcount(a[0]), 1);
+  EXPECT_EQ(pool.num_available(), 2);
+  std::vector<int32_t> c;
+  EXPECT_FALSE(pool.Allocate(3, &c)) << "referenced blocks are never taken";
+  EXPECT_TRUE(c.empty());
+  pool.Free(&b);
+  EXPECT_EQ(pool.num_available(), 4) << "unreferenced cached blocks are available";
+  EXPECT_EQ(pool.num_cached(), 2);
+  EXPECT_EQ(pool.CheckInvariants(), "");
+  // Never-used blocks go first, then the least recently freed cached one.
+  ASSERT_TRUE(pool.Allocate(3, &c));
+  EXPECT_EQ(pool.evictions(), 1u);
+  EXPECT_EQ(pool.num_cached(), 1);
+  EXPECT_TRUE(pool.Match(std::vector<BlockHash>{h0, h1}, tokens, 2).empty()) << "h0's block was evicted";
+  EXPECT_EQ(pool.CheckInvariants(), "");
+  pool.Free(&c);
+  EXPECT_EQ(pool.CheckInvariants(), "");
+}
+
+TEST(StateSnapshotPoolTest, PublishesFindsEvictsLeastRecentlyUsedAndKeepsPinned) {
+  StateSnapshotPool pool(2);
+  const BlockHash x{1, 1}, y{2, 2};
+  auto a = pool.Allocate();
+  auto b = pool.Allocate();
+  ASSERT_TRUE(a && b);
+  EXPECT_FALSE(pool.Allocate()) << "both are being written";
+  pool.Publish(*a, x);
+  pool.Publish(*b, y);
+  EXPECT_EQ(pool.Find(x), a);
+  pool.Touch(*a);  // y is now the least recently used
+  pool.Pin(*b);
+  auto c = pool.Allocate();
+  ASSERT_TRUE(c);
+  EXPECT_EQ(*c, *a) << "the pinned snapshot is not evicted, so the other one is";
+  EXPECT_FALSE(pool.Find(x));
+  pool.Publish(*c, y);  // y is already published: the duplicate is freed
+  EXPECT_EQ(pool.num_published(), 1);
+  pool.Unpin(*b);
+  auto d = pool.Allocate();
+  ASSERT_TRUE(d);
+  pool.Release(*d);
+  EXPECT_EQ(pool.evictions(), 1u);
+  EXPECT_EQ(pool.CheckInvariants(), "");
+}
+
+// What executing plans would leave in the caches, with token ids standing in for K/V
+// and for a recurrent state (the tokens it has consumed). Run() checks that every
+// position a sequence treats as computed holds its own token and that its state slot
+// holds exactly its computed prefix, then applies the plan's writes.
+struct ShadowCaches {
+  int32_t block_size = 4;
+  std::map<int32_t, int32_t> kv;
+  std::map<int32_t, std::vector<int32_t>> state;
+
+  std::string Run(const StepPlan& plan) {
+    auto prefix = [](const ScheduledSequence& s, int32_t n) {
+      return std::vector<int32_t>(s.tokens.begin(), s.tokens.begin() + n);
+    };
+    auto slot_of = [&](const ScheduledSequence& s, int32_t p) {
+      return s.block_table[p / block_size] * block_size + p % block_size;
+    };
+    for (const ScheduledSequence& s : plan.sequences) {
+      for (int32_t p = 0; p < s.num_computed; ++p) {
+        auto it = kv.find(slot_of(s, p));
+        if (it == kv.end() || it->second != s.tokens[p]) {
+          return absl::StrCat("sequence ", s.id, " reads a wrong K/V at position ", p);
+        }
+      }
+      if (s.state_slot < 0) continue;
+      if (s.restore_slot >= 0) state[s.state_slot] = state[s.restore_slot];
+      if (s.state_fresh) state[s.state_slot].clear();
+      if (state[s.state_slot] != prefix(s, s.num_computed)) {
+        return absl::StrCat("sequence ", s.id, " starts from a state that is not its prefix of ",
+                            s.num_computed);
+      }
+    }
+    for (const ScheduledSequence& s : plan.sequences) {
+      for (int32_t p = s.num_computed; p < s.context_len(); ++p) kv[slot_of(s, p)] = s.tokens[p];
+      if (s.state_slot < 0) continue;
+      if (s.checkpoint_slot >= 0) {
+        if (s.checkpoint_len < 1 || s.checkpoint_len > s.num_tokens) return "checkpoint outside the segment";
+        if (s.num_tokens > 1 && s.checkpoint_len % 64 != 0 && s.checkpoint_len != s.num_tokens) {
+          return "a chunked checkpoint off the chunk grid";
+        }
+        state[s.checkpoint_slot] = prefix(s, s.num_computed + s.checkpoint_len);
+      }
+      state[s.state_slot] = prefix(s, s.context_len());
+    }
+    return "";
+  }
+};
+
+SchedulerOptions CachingOptions(int32_t snapshots = 0, int32_t interval = 0) {
+  SchedulerOptions o;
+  o.max_num_seqs = 4;
+  o.max_num_batched_tokens = 512;
+  o.enable_prefix_caching = true;
+  o.state_snapshots = snapshots;
+  o.state_snapshot_interval = interval;
+  return o;
+}
+
+std::vector<int32_t> RandomTokens(std::mt19937& rng, size_t n) {
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % kVocab);
+  return t;
+}
+
+std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Plans, checks and applies steps until idle; returns every plan.
+std::vector<StepPlan> RunShadowed(Harness& h, ShadowCaches& shadow) {
+  std::vector<StepPlan> plans;
+  for (int i = 0; i < 10000 && h.scheduler->HasWork(); ++i) {
+    StepPlan plan = h.scheduler->Schedule();
+    EXPECT_EQ(shadow.Run(plan), "");
+    h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+    EXPECT_EQ(h.scheduler->CheckCacheInvariants(), "");
+    plans.push_back(std::move(plan));
+  }
+  EXPECT_FALSE(h.scheduler->HasWork());
+  return plans;
+}
+
+TEST(SchedulerPrefixTest, DenseHitStartsPastTheSharedFullBlocks) {
+  Harness h(CachingOptions(), /*num_blocks=*/64, /*block_size=*/4, /*slots=*/4, /*state_layers=*/0);
+  ShadowCaches shadow;
+  std::mt19937 rng(1);
+  const std::vector<int32_t> prompt = RandomTokens(rng, 41);
+  auto first = h.Submit(prompt, 5);
+  RunShadowed(h, shadow);
+  auto again = h.Submit(prompt, 5);
+  std::vector<StepPlan> plans = RunShadowed(h, shadow);
+  ASSERT_FALSE(plans.empty());
+  const ScheduledSequence& s = plans[0].sequences.at(0);
+  EXPECT_EQ(s.num_computed, 40) << "ten full blocks are shared; the last token is computed";
+  EXPECT_EQ(s.num_tokens, 1);
+  EXPECT_EQ(s.restore_slot, -1) << "no recurrent state on a dense model";
+  const Result r1 = Read(*first), r2 = Read(*again);
+  EXPECT_EQ(r1.tokens, r2.tokens);
+  EXPECT_EQ(r1.usage.cached_tokens, 0);
+  EXPECT_EQ(r2.usage.cached_tokens, 40);
+  SchedulerStats st = h.scheduler->Stats();
+  EXPECT_EQ(st.prefix_cache_queries, 82u);
+  EXPECT_EQ(st.prefix_cache_hits, 40u);
+  EXPECT_GT(st.cached_blocks, 10);
+  EXPECT_EQ(st.free_blocks, st.total_blocks) << "cached blocks nobody holds are available";
+
+  // The same tokens under a budget that changes the K/V share nothing.
+  GenerationRequest budgeted;
+  budgeted.prompt = prompt;
+  budgeted.stopping.max_tokens = 2;
+  budgeted.budget.experts_per_token = 1;
+  auto third = h.Submit(std::move(budgeted));
+  plans = RunShadowed(h, shadow);
+  EXPECT_EQ(plans.at(0).sequences.at(0).num_computed, 0);
+  EXPECT_EQ(Read(*third).usage.cached_tokens, 0);
+}
+
+TEST(SchedulerPrefixTest, HybridHitsNeedASnapshotAndBranchPointsGetOne) {
+  Harness h(CachingOptions(/*snapshots=*/4), /*num_blocks=*/128, /*block_size=*/4, /*slots=*/4);
+  ShadowCaches shadow;
+  std::mt19937 rng(2);
+  const std::vector<int32_t> system = RandomTokens(rng, 150);
+  // The prefill checkpoints its end, rounded down to the grid (lcm(4, 64) = 64): 128.
+  h.Submit(system, 2);
+  std::vector<StepPlan> plans = RunShadowed(h, shadow);
+  const ScheduledSequence& p1 = plans.at(0).sequences.at(0);
+  EXPECT_EQ(p1.num_tokens, 150) << "one checkpoint inside the segment splits nothing";
+  EXPECT_EQ(p1.checkpoint_len, 128);
+  EXPECT_GE(p1.checkpoint_slot, 4) << "snapshots are the slots after the sequences' own";
+  EXPECT_EQ(h.scheduler->Stats().state_snapshots, 1);
+
+  // The same prompt again hits at the snapshot and restores it.
+  auto again = h.Submit(system, 2);
+  plans = RunShadowed(h, shadow);
+  const ScheduledSequence& p2 = plans.at(0).sequences.at(0);
+  EXPECT_EQ(p2.num_computed, 128);
+  EXPECT_EQ(p2.restore_slot, p1.checkpoint_slot);
+  EXPECT_FALSE(p2.state_fresh);
+  EXPECT_EQ(Read(*again).usage.cached_tokens, 128);
+
+  // Sharing only the first 100 tokens: the chain matches 25 blocks, but the only
+  // snapshot is at 128, so nothing hits; the prefill takes one at the branch point (64).
+  const std::vector<int32_t> branch = Concat({system.begin(), system.begin() + 100}, RandomTokens(rng, 40));
+  h.Submit(branch, 1);
+  plans = RunShadowed(h, shadow);
+  const ScheduledSequence& p3 = plans.at(0).sequences.at(0);
+  EXPECT_EQ(p3.num_computed, 0);
+  EXPECT_EQ(p3.checkpoint_len, 64) << "the branch point comes before the prefill end (128)";
+  EXPECT_EQ(p3.num_tokens, 64) << "one checkpoint a step: a chunk crossing two wanted points ends at the first";
+  const ScheduledSequence& p3b = plans.at(1).sequences.at(0);
+  EXPECT_EQ(p3b.num_computed, 64);
+  EXPECT_EQ(p3b.num_tokens, 76);
+  EXPECT_EQ(p3b.checkpoint_len, 64) << "the prefill end, 128";
+  const std::vector<int32_t> branch2 = Concat({system.begin(), system.begin() + 100}, RandomTokens(rng, 40));
+  auto fourth = h.Submit(branch2, 1);
+  plans = RunShadowed(h, shadow);
+  EXPECT_EQ(plans.at(0).sequences.at(0).num_computed, 64);
+  EXPECT_EQ(Read(*fourth).usage.cached_tokens, 64);
+}
+
+TEST(SchedulerPrefixTest, ConversationTurnsHitTheSnapshotTakenWhileDecoding) {
+  Harness h(CachingOptions(/*snapshots=*/4), /*num_blocks=*/128, /*block_size=*/4, /*slots=*/4);
+  ShadowCaches shadow;
+  std::mt19937 rng(3);
+  const std::vector<int32_t> prompt = RandomTokens(rng, 70);
+  auto turn1 = h.Submit(prompt, 70);
+  std::vector<StepPlan> plans = RunShadowed(h, shadow);
+  bool decode_checkpoint = false;
+  for (const StepPlan& plan : plans) {
+    for (const ScheduledSequence& s : plan.sequences) {
+      if (s.decode && s.checkpoint_slot >= 0) {
+        EXPECT_EQ(s.num_computed + 1, 128) << "decode checkpoints end grid cells";
+        EXPECT_EQ(s.checkpoint_len, 1);
+        decode_checkpoint = true;
+      }
+    }
+  }
+  EXPECT_TRUE(decode_checkpoint);
+  const Result r1 = Read(*turn1);
+  ASSERT_EQ(r1.tokens.size(), 70u);
+  // The next turn re-sends prompt + answer + new tokens: it hits where the decode left
+  // its snapshot (139 computed tokens, rounded down to 128).
+  auto turn2 = h.Submit(Concat(Concat(prompt, r1.tokens), RandomTokens(rng, 10)), 3);
+  plans = RunShadowed(h, shadow);
+  EXPECT_EQ(plans.at(0).sequences.at(0).num_computed, 128);
+  EXPECT_GE(plans.at(0).sequences.at(0).restore_slot, 4);
+  EXPECT_EQ(Read(*turn2).usage.cached_tokens, 128);
+}
+
+TEST(SchedulerPrefixTest, HybridPromptChunksKeepToTheSnapshotGrid) {
+  SchedulerOptions o = CachingOptions(/*snapshots=*/4, /*interval=*/128);
+  o.max_num_batched_tokens = 100;
+  Harness h(o, /*num_blocks=*/128, /*block_size=*/4, /*slots=*/4);
+  ShadowCaches shadow;
+  std::mt19937 rng(4);
+  h.Submit(RandomTokens(rng, 300), 1);
+  std::vector<StepPlan> plans = RunShadowed(h, shadow);
+  std::vector<int32_t> ends;
+  for (const StepPlan& plan : plans) {
+    for (const ScheduledSequence& s : plan.sequences) {
+      if (!s.decode) ends.push_back(s.context_len());
+    }
+  }
+  // Chunks of at most 100 tokens, each non-final one ending on a multiple of 64.
+  EXPECT_EQ(ends, (std::vector<int32_t>{64, 128, 192, 256, 300}));
+  EXPECT_EQ(h.scheduler->Stats().state_snapshots, 2) << "at the interval (128) and the prefill end (256)";
+}
+
+TEST(SchedulerPrefixTest, SixtyFourStreamsSharingPromptsKeepEveryInvariant) {
+  SchedulerOptions o = CachingOptions(/*snapshots=*/6, /*interval=*/64);
+  o.max_num_seqs = 12;
+  o.max_num_batched_tokens = 160;
+  o.max_queue = 64;
+  o.max_model_len = 400;
+  Harness h(o, /*num_blocks=*/120, /*block_size=*/4, /*slots=*/12);
+  ShadowCaches shadow;
+  std::mt19937 rng(14);
+  std::vector<std::vector<int32_t>> systems;
+  for (int i = 0; i < 4; ++i) systems.push_back(RandomTokens(rng, 60 + 30 * i));
+  struct Stream {
+    std::shared_ptr<RequestChannel> channel;
+    std::vector<int32_t> prompt;
+    Result result;
+    bool done = false;
+  };
+  std::vector<Stream> streams;
+  std::vector<std::vector<int32_t>> finished_histories;
+  int live = 0;
+  auto collect = [&] {
+    for (Stream& st : streams) {
+      if (st.done) continue;
+      RequestEvent e;
+      while (st.channel->TryPop(&e)) {
+        st.result.tokens.insert(st.result.tokens.end(), e.tokens.begin(), e.tokens.end());
+        if (e.final) {
+          ++st.result.finals;
+          st.result.status = e.status;
+          st.done = true;
+          --live;
+          if (e.status.ok()) finished_histories.push_back(Concat(st.prompt, st.result.tokens));
+        }
+      }
+    }
+  };
+  for (int op = 0; op < 10000; ++op) {
+    const int kind = rng() % 10;
+    if (kind < 3 && live < 64) {
+      std::vector<int32_t> prompt;
+      if (!finished_histories.empty() && rng() % 3 == 0) {
+        prompt = finished_histories[rng() % finished_histories.size()];  // the next turn
+      } else {
+        prompt = systems[rng() % systems.size()];
+      }
+      prompt = Concat(prompt, RandomTokens(rng, 1 + rng() % 30));
+      if (prompt.size() > 300) prompt.resize(300);
+      GenerationRequest r;
+      r.prompt = prompt;
+      r.stopping.max_tokens = 1 + rng() % 40;
+      r.priority = static_cast<int32_t>(rng() % 3);
+      absl::Status status;
+      auto ch = h.Submit(std::move(r), &status);
+      if (ch) {
+        streams.push_back({ch, prompt, {}, false});
+        ++live;
+      }
+    } else if (kind < 4 && !streams.empty()) {
+      streams[rng() % streams.size()].channel->Cancel();
+    } else {
+      StepPlan plan = h.scheduler->Schedule();
+      ASSERT_EQ(shadow.Run(plan), "") << "op " << op;
+      h.scheduler->Apply(plan, FakeOutput(plan, absl::ZeroDuration()));
+      ASSERT_EQ(h.scheduler->CheckCacheInvariants(), "") << "op " << op;
+    }
+    if (op % 50 == 0) collect();
+  }
+  RunShadowed(h, shadow);
+  collect();
+  int ok = 0;
+  for (const Stream& st : streams) {
+    EXPECT_EQ(st.result.finals, 1) << "every request ends exactly once";
+    if (!st.result.status.ok()) continue;
+    ++ok;
+    // The fake model's token is the last input token + 1: what was cached never shows.
+    int32_t expect = st.prompt.back();
+    for (int32_t t : st.result.tokens) {
+      expect = (expect + 1) % kVocab;
+      ASSERT_EQ(t, expect);
+    }
+  }
+  const SchedulerStats s = h.scheduler->Stats();
+  EXPECT_EQ(s.free_blocks, s.total_blocks);
+  EXPECT_EQ(s.free_state_slots, s.total_state_slots);
+  EXPECT_EQ(s.running, 0);
+  EXPECT_EQ(s.waiting, 0);
+  EXPECT_GT(ok, 200);
+  EXPECT_GT(s.prefix_cache_hits, s.prefix_cache_queries / 10) << "shared prompts hit";
+  EXPECT_GT(s.block_evictions, 0u) << "memory pressure evicted cached blocks";
+  EXPECT_GT(s.snapshot_evictions, 0u);
+  EXPECT_GT(s.preemptions, 0u);
 }
 
 }  // namespace

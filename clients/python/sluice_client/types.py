@@ -149,3 +149,15 @@ class EngineStats:
     kv_block_bytes: int = 0
     kv_block_size: int = 0
     kv_full_context_sequences: int = 0
+    # Prefix caching (--enable_prefix_caching): tokens looked up and found cached at
+    # admission, cached KV blocks and their evictions, and on hybrid models the
+    # recurrent-state snapshots (held, capacity, bytes of one, evicted).
+    prefix_caching: bool = False
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    cached_kv_blocks: int = 0
+    kv_block_evictions: int = 0
+    state_snapshots: int = 0
+    total_state_snapshots: int = 0
+    state_snapshot_bytes: int = 0
+    state_snapshot_evictions: int = 0
