@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 SOAK_SECONDS ?= 120
 
-.PHONY: deps configure build serve test soak bench bench-http fixtures clean container-test container-cuda
+.PHONY: deps configure build serve test soak bench bench-http fixtures prequantized-fixtures clean container-test container-cuda
 
 deps:
 	@bash scripts/install-deps.sh
@@ -44,6 +44,11 @@ bench-http: build
 fixtures:
 	python3 tests/fixtures/make_fixtures.py
 	python3 tests/fixtures/make_bad_safetensors.py
+
+# The FP8 and GPTQ checkpoint fixtures (tests/data/models/PREQUANTIZED.md; also needs accelerate,
+# for the cross-check with transformers' own FP8 loader).
+prequantized-fixtures:
+	python3 tests/fixtures/make_prequantized_fixtures.py
 
 # Builds the image (Dockerfile) with buildah on a locally debootstrapped debian:bookworm,
 # starts sluiced from it on loopback and checks health, one Generate and a clean SIGTERM

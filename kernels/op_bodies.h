@@ -28,6 +28,10 @@ SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<std::unique_ptr<Linear>>, CreateLinear
 // without a kernel for the format answers UNIMPLEMENTED.
 SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<std::unique_ptr<Linear>>, CreateQuantizedLinear,
                            "quantized Linear", const Tensor& weight, const LinearOptions& options);
+// A Linear over row references to pre-quantized checkpoint weights (prequantized_weight.h),
+// on the dispatched device; refs: kWeightRowRefs [N, K] on the CPU.
+SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<std::unique_ptr<Linear>>, CreatePrequantizedLinear,
+                           "pre-quantized Linear", const Tensor& refs);
 // f32 copy of t on t's device.
 SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<Tensor>, ToF32, "ToF32", const Tensor& t);
 // parts: 2-D, equal columns, all on the dispatched device.

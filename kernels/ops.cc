@@ -70,6 +70,7 @@ ScopedLinearOptions::ScopedLinearOptions(const LinearOptions& options)
   t_default_linear_options = options;
 }
 ScopedLinearOptions::~ScopedLinearOptions() { t_default_linear_options = previous_; }
+const LinearOptions& DefaultLinearOptions() { return t_default_linear_options; }
 
 absl::StatusOr<std::unique_ptr<Linear>> Linear::Create(const Tensor& weight, Device device) {
   return Create(weight, device, t_default_linear_options);
@@ -79,6 +80,19 @@ absl::StatusOr<std::unique_ptr<Linear>> Linear::Create(const Tensor& weight, Dev
                                                        const LinearOptions& options) {
   if (!weight.defined() || weight.rank() != 2) {
     return absl::InvalidArgumentError("Linear: weight must be a 2-D [out, in] tensor");
+  }
+  if (weight.dtype() == DType::kWeightRowRefs) {
+    // A pre-quantized checkpoint's weight (prequantized_weight.h): packed as it is stored.
+    if (options.quantization != WeightQuantization::kNone) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("Linear: the weight is already quantized by its checkpoint; --quantization ",
+                       WeightQuantizationName(options.quantization),
+                       " cannot quantize it again (load without it)"));
+    }
+    if (weight.device() != Device::kCpu) {
+      return absl::InvalidArgumentError("Linear: weight references live on the CPU");
+    }
+    return SLUICE_DEVICE_DISPATCH(device, CreatePrequantizedLinearBody<D>(weight));
   }
   if (weight.dtype() != DType::kF32 && weight.dtype() != DType::kBF16 &&
       weight.dtype() != DType::kF16) {
@@ -131,6 +145,24 @@ absl::StatusOr<Tensor> ConcatRows(absl::Span<const Tensor> parts) {
     if (p.device() != parts[0].device()) {
       return absl::InvalidArgumentError("ConcatRows: parts on different devices");
     }
+  }
+  size_t refs = 0;
+  for (const Tensor& p : parts) refs += p.dtype() == DType::kWeightRowRefs ? 1 : 0;
+  if (refs > 0) {
+    // Row references to pre-quantized weights stack as bytes (they live on the CPU).
+    if (refs != parts.size() || parts[0].device() != Device::kCpu) {
+      return absl::InvalidArgumentError(
+          "ConcatRows: a pre-quantized weight stacks only with other checkpoint weight references");
+    }
+    int64_t rows = 0;
+    for (const Tensor& p : parts) rows += p.dim(0);
+    SLUICE_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty({rows, cols}, DType::kWeightRowRefs));
+    char* dst = static_cast<char*>(out.raw());
+    for (const Tensor& p : parts) {
+      if (p.bytes() > 0) std::memcpy(dst, p.raw(), p.bytes());
+      dst += p.bytes();
+    }
+    return out;
   }
   return SLUICE_DEVICE_DISPATCH(parts[0].device(), ConcatRowsBody<D>(parts));
 }

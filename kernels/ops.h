@@ -52,7 +52,9 @@ struct LinearOptions {
 class Linear {
  public:
   // weight: [N, K] in f32, bf16 or f16 (f16 is widened to f32). Any device the weight
-  // is on is accepted; the packed copy lives on `device`.
+  // is on is accepted; the packed copy lives on `device`. A kWeightRowRefs weight (a
+  // pre-quantized checkpoint's FP8 or GPTQ rows, prequantized_weight.h) is packed as
+  // stored, and only with options.quantization kNone (else FAILED_PRECONDITION).
   static absl::StatusOr<std::unique_ptr<Linear>> Create(const Tensor& weight, Device device,
                                                         const LinearOptions& options);
   // The same with the calling thread's default options: those of the innermost open
@@ -104,9 +106,13 @@ class ScopedLinearOptions {
  private:
   LinearOptions previous_;
 };
+// The calling thread's default LinearOptions (the innermost open ScopedLinearOptions,
+// else LinearOptions{}): what the plain Linear::Create and GroupedExperts::Create use.
+const LinearOptions& DefaultLinearOptions();
 
 // Stacks several [N_i, K] weights into one [ΣN_i, K] weight (e.g. q|k|v or gate|up),
-// so one GEMM reads the input once. Result is f32 unless every part is bf16.
+// so one GEMM reads the input once. Result is f32 unless every part is bf16 (or every
+// part is kWeightRowRefs: the references are stacked as they are).
 absl::StatusOr<Tensor> ConcatRows(absl::Span<const Tensor> parts);
 // Converts a weight of any supported dtype to f32 on `device` (small vectors: norms).
 absl::StatusOr<Tensor> ToF32(const Tensor& t, Device device);

@@ -24,6 +24,7 @@ size_t DTypeSize(DType dtype) {
       return 8;
     case DType::kF8E4M3:
     case DType::kI8:
+    case DType::kWeightRowRefs:
       return 1;
   }
   return 0;
@@ -45,6 +46,8 @@ absl::string_view DTypeName(DType dtype) {
       return "float8_e4m3";
     case DType::kI8:
       return "int8";
+    case DType::kWeightRowRefs:
+      return "weight_row_refs";
   }
   return "?";
 }

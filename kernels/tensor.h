@@ -20,7 +20,10 @@ enum class Device { kCpu, kCuda };
 // kI64 holds counters that must not wrap (expert token counts). kF8E4M3 is OCP fp8
 // E4M3 ("e4m3fn": no infinities, max 448), one byte; kernels/fp8.h converts it.
 // kI8 holds int8 weights quantized at load (an embedding table; see ops.h).
-enum class DType { kF32, kBF16, kF16, kI32, kI64, kF8E4M3, kI8 };
+// kWeightRowRefs: a [N, K] weight whose rows are references into a pre-quantized
+// checkpoint weight (kernels/prequantized_weight.h), one byte per element so row copies
+// and ConcatRows move them as they move weights; only Linear::Create reads them.
+enum class DType { kF32, kBF16, kF16, kI32, kI64, kF8E4M3, kI8, kWeightRowRefs };
 
 size_t DTypeSize(DType dtype);
 absl::string_view DTypeName(DType dtype);

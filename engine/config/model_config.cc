@@ -4,11 +4,11 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
 
 namespace sluice::engine {
 namespace {
@@ -91,6 +91,180 @@ absl::Status ParseRope(const json& j, RopeConfig* rope) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status QuantError(absl::string_view method, absl::string_view what) {
+  return absl::UnimplementedError(
+      absl::StrCat("config.json: quantization_config with quant_method \"", method, "\": ", what));
+}
+
+absl::Status QuantFieldError(absl::string_view method, absl::string_view field,
+                             absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "config.json: quantization_config (quant_method \"", method, "\") field ", field, " ", what));
+}
+
+// A string field: its value, `fallback` when absent or null, an error when not a string.
+absl::StatusOr<std::string> QuantString(const json& q, const char* field, absl::string_view method,
+                                        const std::string& fallback) {
+  if (!q.contains(field) || q[field].is_null()) return fallback;
+  if (!q[field].is_string()) return QuantFieldError(method, field, "must be a string");
+  return q[field].get<std::string>();
+}
+
+absl::StatusOr<bool> QuantBool(const json& q, const char* field, absl::string_view method,
+                               bool fallback) {
+  if (!q.contains(field) || q[field].is_null()) return fallback;
+  if (!q[field].is_boolean()) return QuantFieldError(method, field, "must be true or false");
+  return q[field].get<bool>();
+}
+
+// transformers' FineGrainedFP8Config (integrations/finegrained_fp8.py), as Qwen's -FP8
+// checkpoints write it: {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme":
+// "dynamic", "weight_block_size": [128, 128]}.
+absl::Status ParseFp8(const json& q, QuantizationConfig* out) {
+  const std::string m = "fp8";
+  SLUICE_ASSIGN_OR_RETURN(const std::string fmt, QuantString(q, "fmt", m, "e4m3"));
+  if (fmt != "e4m3")
+    return QuantError(m, absl::StrCat("fmt \"", fmt, "\" is not supported (only e4m3)"));
+  // "dynamic" quantizes activations per token on GPUs; sluice keeps activations in f32,
+  // the math of the dequantized weights. "static" needs per-tensor activation scales.
+  SLUICE_ASSIGN_OR_RETURN(const std::string act, QuantString(q, "activation_scheme", m, "dynamic"));
+  if (act != "dynamic") {
+    return QuantError(
+        m, absl::StrCat("activation_scheme \"", act, "\" is not supported (only dynamic)"));
+  }
+  SLUICE_ASSIGN_OR_RETURN(const std::string scale_fmt, QuantString(q, "scale_fmt", m, "float"));
+  if (scale_fmt != "float") {
+    return QuantError(
+        m, absl::StrCat("scale_fmt \"", scale_fmt, "\" is not supported (only float scales)"));
+  }
+  SLUICE_ASSIGN_OR_RETURN(const std::string experts, QuantString(q, "expert_dtype", m, "fp8"));
+  if (experts != "fp8") {
+    return QuantError(m, absl::StrCat("expert_dtype \"", experts, "\" is not supported"));
+  }
+  if (q.contains("modules_to_convert") && !q["modules_to_convert"].is_null() &&
+      !(q["modules_to_convert"].is_array() && q["modules_to_convert"].empty())) {
+    return QuantError(m, "modules_to_convert (fp8 embedding tables) is not supported");
+  }
+  if (!q.contains("weight_block_size") || q["weight_block_size"].is_null()) {
+    return QuantError(
+        m,
+        "weight_block_size is missing: fp8 without block scales (one scale per tensor) is "
+        "not supported");
+  }
+  const json& b = q["weight_block_size"];
+  if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer() ||
+      b[0].get<int64_t>() < 1 || b[1].get<int64_t>() < 1 || b[0].get<int64_t>() > kMaxDim ||
+      b[1].get<int64_t>() > kMaxDim) {
+    return QuantFieldError(m, "weight_block_size", "must be two positive integers [rows, cols]");
+  }
+  out->method = QuantizationConfig::Method::kFp8Block;
+  out->block_rows = b[0].get<int64_t>();
+  out->block_cols = b[1].get<int64_t>();
+  return absl::OkStatus();
+}
+
+// transformers' / optimum's GPTQConfig as AutoGPTQ and GPTQModel write it:
+// {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": false, "sym": true,
+//  "checkpoint_format": "gptq"} (GPTQModel also writes "format").
+absl::Status ParseGptq(const json& q, QuantizationConfig* out) {
+  const std::string m = "gptq";
+  if (!q.contains("bits") || !q["bits"].is_number_integer()) {
+    return QuantFieldError(m, "bits", "is missing or not an integer");
+  }
+  out->bits = q["bits"].get<int64_t>();
+  if (out->bits != 4) {
+    return QuantError(m, absl::StrCat("bits ", out->bits, " is not supported (only 4-bit GPTQ)"));
+  }
+  int64_t group_size = 128;
+  if (q.contains("group_size") && !q["group_size"].is_null()) {
+    if (!q["group_size"].is_number_integer())
+      return QuantFieldError(m, "group_size", "must be an integer");
+    group_size = q["group_size"].get<int64_t>();
+  }
+  if (group_size != -1 && (group_size < 1 || group_size > kMaxDim)) {
+    return QuantFieldError(m, "group_size",
+                           absl::StrCat("must be -1 or a positive integer, got ", group_size));
+  }
+  out->group_size = group_size == -1 ? 0 : group_size;
+  SLUICE_ASSIGN_OR_RETURN(out->desc_act, QuantBool(q, "desc_act", m, false));
+  SLUICE_ASSIGN_OR_RETURN(out->sym, QuantBool(q, "sym", m, true));
+  // "checkpoint_format" is the older name of "format" (transformers reads both).
+  SLUICE_ASSIGN_OR_RETURN(std::string format, QuantString(q, "format", m, "gptq"));
+  SLUICE_ASSIGN_OR_RETURN(format, QuantString(q, "checkpoint_format", m, format));
+  if (format == "gptq") {
+    out->zero_offset = 1;  // v1 stored zero − 1 (AutoGPTQ's pack); every v1 kernel adds 1 back
+  } else if (format == "gptq_v2") {
+    out->zero_offset = 0;
+  } else {
+    return QuantError(
+        m, absl::StrCat("checkpoint_format \"", format, "\" is not supported (gptq or gptq_v2)"));
+  }
+  out->checkpoint_format = format;
+  SLUICE_ASSIGN_OR_RETURN(const std::string pack, QuantString(q, "pack_dtype", m, "int32"));
+  if (pack != "int32" && pack != "torch.int32") {
+    return QuantError(m, absl::StrCat("pack_dtype \"", pack, "\" is not supported (only int32)"));
+  }
+  if (q.contains("dynamic") && !q["dynamic"].is_null() &&
+      !(q["dynamic"].is_object() && q["dynamic"].empty())) {
+    return QuantError(m, "dynamic (per-module bits or group sizes) is not supported");
+  }
+  out->method = QuantizationConfig::Method::kGptqInt4;
+  return absl::OkStatus();
+}
+
+absl::Status ParseQuantization(const json& root, const json& j, QuantizationConfig* out) {
+  *out = QuantizationConfig{};
+  for (const json* src : std::initializer_list<const json*>{&root, &j}) {
+    if (src->contains("compression_config")) {
+      // compressed-tensors (llm-compressor) writes its scheme here.
+      return absl::UnimplementedError(
+          "config.json: compression_config (compressed-tensors) is not supported; load the bf16 or "
+          "f32 "
+          "checkpoint (sluiced --quantization int8|int4 quantizes it at load)");
+    }
+  }
+  const json* found = nullptr;
+  for (const json* src : std::initializer_list<const json*>{&root, &j}) {
+    if (src->contains("quantization_config") && !(*src)["quantization_config"].is_null()) {
+      found = &(*src)["quantization_config"];
+      break;
+    }
+  }
+  if (found == nullptr) return absl::OkStatus();
+  const json& q = *found;
+  if (!q.is_object())
+    return absl::InvalidArgumentError("config.json: quantization_config must be an object");
+  if (!q.contains("quant_method") || !q["quant_method"].is_string()) {
+    return absl::InvalidArgumentError(
+        "config.json: quantization_config has no quant_method string");
+  }
+  const std::string method = q["quant_method"].get<std::string>();
+  out->quant_method = method;
+  if (q.contains("modules_to_not_convert") && q["modules_to_not_convert"].is_array()) {
+    for (const auto& v : q["modules_to_not_convert"]) {
+      if (v.is_string()) out->modules_to_not_convert.push_back(v.get<std::string>());
+    }
+  }
+  if (method == "fp8") return ParseFp8(q, out);
+  if (method == "gptq") return ParseGptq(q, out);
+  return QuantError(
+      method,
+      "this pre-quantized format is not supported (supported: fp8 with block scales, 4-bit gptq); "
+      "load the bf16 or f32 checkpoint (sluiced --quantization int8|int4 quantizes it at load)");
+}
+
+// The decoder's config object: text_config in a multimodal Qwen3.5 wrapper, else the root.
+const json& DecoderConfig(const json& root) {
+  if (root.contains("model_type") && root["model_type"].is_string()) {
+    const std::string type = root["model_type"].get<std::string>();
+    if ((type == "qwen3_5" || type == "qwen3_5_moe") && root.contains("text_config") &&
+        root["text_config"].is_object()) {
+      return root["text_config"];
+    }
+  }
+  return root;
 }
 
 }  // namespace
@@ -192,28 +366,10 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
       c.tie_word_embeddings = (*src)["tie_word_embeddings"].get<bool>();
     }
   }
-  // A pre-quantized checkpoint (FP8, GPTQ, AWQ, bitsandbytes, compressed-tensors, ...)
-  // stores packed integers and scales under names a bf16 load would misread or miss: it
-  // must never be read as if it were bf16. None is supported yet; name the method.
-  for (const json* src : std::initializer_list<const json*>{&root, &j}) {
-    for (const char* field : {"quantization_config", "compression_config"}) {
-      if (!src->contains(field)) continue;
-      const json& q = (*src)[field];
-      std::string method = "unknown";
-      if (q.is_object()) {
-        for (const char* key : {"quant_method", "format", "quant_type"}) {
-          if (q.contains(key) && q[key].is_string()) {
-            method = q[key].get<std::string>();
-            break;
-          }
-        }
-      }
-      return absl::UnimplementedError(absl::StrCat(
-          "config.json: ", field, " with quant_method \"", method,
-          "\": pre-quantized checkpoints are not supported yet; load the bf16 or f32 checkpoint "
-          "(sluiced --quantization int8|int4 quantizes it at load)"));
-    }
-  }
+  // A pre-quantized checkpoint stores packed integers and scales under names a bf16
+  // load would misread or miss: only the formats ParseQuantization accepts load, and
+  // every other method or parameter is refused by name.
+  if (auto s = ParseQuantization(root, j, &c.quantization); !s.ok()) return s;
   for (const char* field : {"attention_bias", "mlp_bias"}) {
     if (j.contains(field) && j[field].is_boolean() && j[field].get<bool>()) {
       return absl::UnimplementedError(absl::StrCat("config.json: ", field, "=true is not supported yet"));
@@ -349,6 +505,31 @@ absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return FromJson(ss.str());
+}
+
+absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const std::string& text) {
+  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError("config.json is not a JSON object");
+  }
+  QuantizationConfig q;
+  SLUICE_RETURN_IF_ERROR(ParseQuantization(root, DecoderConfig(root), &q));
+  return q;
+}
+
+std::string QuantizationConfig::FormatName() const {
+  switch (method) {
+    case Method::kFp8Block:
+      return block_rows == block_cols ? absl::StrCat("fp8_block", block_rows)
+                                      : absl::StrCat("fp8_block", block_rows, "x", block_cols);
+    case Method::kGptqInt4:
+      return absl::StrCat("gptq_int", bits,
+                          group_size > 0 ? absl::StrCat("_g", group_size) : "_per_row",
+                          desc_act ? "_act_order" : "");
+    case Method::kNone:
+    default:
+      return "none";
+  }
 }
 
 int64_t ModelConfig::rotary_dim() const {

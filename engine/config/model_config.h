@@ -65,6 +65,46 @@ struct MoeConfig {
   std::vector<int64_t> mlp_only_layers;
 };
 
+// A pre-quantized checkpoint's quantization_config (config.json), the parts sluice reads.
+// Only two published formats load (engine/weights/checkpoint.h says how they are read):
+//  kFp8Block: transformers' fine-grained FP8 ("quant_method": "fp8", as Qwen publishes its
+//    -FP8 models): <name>.weight in float8_e4m3fn [N, K] plus <name>.weight_scale_inv
+//    (f32 or bf16) [ceil(N / block_rows), ceil(K / block_cols)]; w = fp8 · scale_inv of
+//    the weight's (row / block_rows, col / block_cols) block;
+//  kGptqInt4: GPTQ with 4 bits ("quant_method": "gptq"): <name>.qweight int32 [K/8, N],
+//    .qzeros int32 [G, N/8], .scales f16 [G, N], optional .g_idx int32 [K];
+//    w[n, k] = scales[g, n] · (q[k, n] − z[g, n]) with g = g_idx[k] (k / group_size
+//    without g_idx), and z the stored zero plus zero_offset (1 for checkpoint_format
+//    "gptq", the v1 format that stored zero − 1; 0 for "gptq_v2").
+// Every other method or parameter fails in ModelConfig::FromJson with an error naming it.
+struct QuantizationConfig {
+  enum class Method { kNone, kFp8Block, kGptqInt4 };
+  Method method = Method::kNone;
+  std::string quant_method;  // as written in config.json ("fp8", "gptq"); empty for kNone
+  // kFp8Block: weight_block_size = [block_rows (output), block_cols (input)].
+  int64_t block_rows = 0;
+  int64_t block_cols = 0;
+  // kGptqInt4.
+  int64_t bits = 0;
+  int64_t group_size = 0;  // inputs per group; -1 in config.json (one group per row) reads as 0
+  bool desc_act = false;
+  bool sym = true;
+  std::string checkpoint_format;  // "gptq" (v1) or "gptq_v2"
+  int32_t zero_offset = 0;        // added to every stored zero point: 1 for v1, 0 for v2
+  std::vector<std::string> modules_to_not_convert;  // informational: what is stored decides
+
+  bool quantized() const { return method != Method::kNone; }
+  // A short name for GetModelInfo's weight_format: "fp8_block128" (or
+  // "fp8_block128x64" for unequal blocks), "gptq_int4_g128" ("_act_order" with desc_act).
+  std::string FormatName() const;
+};
+
+// Parses config.json's quantization_config (or compression_config) from the JSON text:
+// kNone when there is none. A method or parameter sluice does not load is UNIMPLEMENTED
+// (a malformed value INVALID_ARGUMENT), naming it: a pre-quantized checkpoint is never
+// read as if it were bf16.
+absl::StatusOr<QuantizationConfig> ParseQuantizationConfig(const std::string& config_json_text);
+
 struct ModelConfig {
   std::string model_type;
   std::string architecture;
@@ -97,6 +137,7 @@ struct ModelConfig {
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
   std::vector<std::string> layer_types;  // one per layer, e.g. "full_attention"
+  QuantizationConfig quantization;       // a pre-quantized checkpoint's format
 
   static absl::StatusOr<ModelConfig> FromJson(const std::string& json_text);
   static absl::StatusOr<ModelConfig> FromFile(const std::string& path);

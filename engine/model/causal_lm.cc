@@ -29,6 +29,15 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
   SLUICE_ASSIGN_OR_RETURN(model->config_,
                           ModelConfig::FromFile((std::filesystem::path(dir) / "config.json").string()));
   const ModelConfig& c = model->config_;
+  if (c.quantization.quantized() && options.quantization != kernels::WeightQuantization::kNone) {
+    // The checkpoint's own codes and scales are what it was calibrated with; quantizing
+    // their dequantized values again would only add a second rounding.
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, " is already quantized (quant_method \"", c.quantization.quant_method,
+                     "\", ", c.quantization.FormatName(), "); --quantization ",
+                     kernels::WeightQuantizationName(options.quantization),
+                     " applies to bf16/f32 checkpoints only: load it without --quantization"));
+  }
   SLUICE_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(dir));
 
   // Load-time quantization (--quantization). Every projection built with the plain
@@ -62,6 +71,7 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
 
   const std::string& p = c.weight_prefix;
   SLUICE_ASSIGN_OR_RETURN(Tensor embed, ckpt->Get(p + "embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  const DType stored_embed_dtype = embed.dtype();
   if (quantize && options.quantize_embeddings) {
     // int8 rows for every width: a token reads one row, so the table's format sets its
     // memory, not the bytes a step reads; int8 matches the int8 LM head bit for bit.
@@ -127,7 +137,27 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
   model->weight_bytes_per_token_ = weight_bytes + model->lm_head_->weight_bytes();
   {
     std::string source = std::string(kernels::DTypeName(head.dtype()));
-    if (!quantize) {
+    if (c.quantization.quantized()) {
+      // A pre-quantized checkpoint (engine/weights/checkpoint.h): the format of its
+      // projections, then what stays as stored.
+      const std::string embed_dtype(kernels::DTypeName(stored_embed_dtype));
+      const std::string head_format = head.dtype() == DType::kWeightRowRefs
+                                          ? c.quantization.FormatName()
+                                          : std::string(kernels::DTypeName(head.dtype()));
+      const bool fp8 = c.quantization.method == QuantizationConfig::Method::kFp8Block;
+      model->weight_format_ = absl::StrCat(
+          c.quantization.FormatName(),
+          fp8 ? absl::StrCat(" (float8_e4m3 weights, one scale per ", c.quantization.block_rows,
+                             "x", c.quantization.block_cols, " block")
+              : absl::StrCat(" (4-bit codes, an f16 scale and a zero point per ",
+                             c.quantization.group_size > 0
+                                 ? absl::StrCat(c.quantization.group_size, " inputs")
+                                 : std::string("row"),
+                             c.quantization.sym ? ", symmetric" : ", asymmetric",
+                             c.quantization.desc_act ? ", act-order" : "", ", checkpoint_format ",
+                             c.quantization.checkpoint_format),
+          "; embedding ", embed_dtype, ", LM head ", head_format, ")");
+    } else if (!quantize) {
       model->weight_format_ = source;
     } else {
       const std::string width(kernels::WeightQuantizationName(options.quantization));

@@ -18,13 +18,16 @@ namespace {
 
 using kernels::DType;
 
-// The dtypes sluice computes with. Other valid safetensors dtypes (F64, I64, F8_*, ...)
-// are rejected by name so the user knows the checkpoint needs converting.
+// The dtypes sluice computes with. Other valid safetensors dtypes (F64, I64, F8_E5M2, ...)
+// are rejected by name so the user knows the checkpoint needs converting. F8_E4M3
+// (float8_e4m3fn) holds the weights of FP8 checkpoints, read only with their scales
+// (engine/weights/checkpoint.h).
 bool ParseDType(const std::string& name, DType* dtype, size_t* size) {
   if (name == "F32") { *dtype = DType::kF32; *size = 4; return true; }
   if (name == "BF16") { *dtype = DType::kBF16; *size = 2; return true; }
   if (name == "F16") { *dtype = DType::kF16; *size = 2; return true; }
   if (name == "I32") { *dtype = DType::kI32; *size = 4; return true; }
+  if (name == "F8_E4M3") { *dtype = DType::kF8E4M3; *size = 1; return true; }
   return false;
 }
 

@@ -488,6 +488,8 @@ absl::StatusOr<Tensor> ToF32Body<Device::kCpu>(const Tensor& t) {
       return absl::InvalidArgumentError("ToF32: integer tensor");
     case DType::kF8E4M3:
       return absl::InvalidArgumentError("ToF32: an f8_e4m3 tensor needs its scales");
+    case DType::kWeightRowRefs:
+      return absl::InvalidArgumentError("ToF32: a pre-quantized weight is read only by Linear::Create");
   }
   return out;
 }

@@ -40,6 +40,7 @@ uint64_t ElementSize(sluice::kernels::DType dtype) {
       return 8;
     case sluice::kernels::DType::kF8E4M3:
     case sluice::kernels::DType::kI8:
+    case sluice::kernels::DType::kWeightRowRefs:
       return 1;
   }
   SLUICE_FUZZ_CHECK(false && "unknown dtype");

@@ -164,7 +164,13 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ModelGoldenTest,
                                            Case{"qwen3_5_vl_wrapper_f32", 1e-4f},
                                            // The trained demo model (deploy/models/sluice-demo):
                                            // bf16 weights, golden computed in f32 on them.
-                                           Case{"sluice_demo_bf16", 1e-4f}),
+                                           Case{"sluice_demo_bf16", 1e-4f},
+                                           // Pre-quantized checkpoints (FP8 block scales, GPTQ
+                                           // int4): golden computed in f32 on the dequantized
+                                           // weights, which sluice multiplies exactly in f32.
+                                           Case{"qwen3_fp8", 1e-4f}, Case{"qwen3_5_fp8", 1e-4f},
+                                           Case{"qwen3_gptq", 1e-4f},
+                                           Case{"qwen3_gptq_act_order", 1e-4f}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

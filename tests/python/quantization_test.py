@@ -1,6 +1,7 @@
 """sluiced --quantization against the real daemon: GetModelInfo reports the weight format,
-a quantized model still generates, a bad width fails at start naming the choices, and a
-checkpoint whose config.json has a quantization_config fails to load naming its method.
+a quantized model still generates, a bad width fails at start naming the choices, an
+unsupported pre-quantized method fails to load naming it, and the FP8 and GPTQ fixtures load
+as published, report their format and decode as transformers does.
 """
 
 import json
@@ -58,18 +59,43 @@ class QuantizationTest(unittest.TestCase):
         self.assertIn("--quantization=int3: must be none, int8 or int4", r.stderr)
 
     def test_pre_quantized_checkpoint_is_refused_by_method(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            model = os.path.join(tmp, "fp8")
-            shutil.copytree(QWEN3_BF16, model)
-            with open(os.path.join(model, "config.json")) as f:
-                config = json.load(f)
-            config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}
-            with open(os.path.join(model, "config.json"), "w") as f:
-                json.dump(config, f)
-            r = self.run_sluiced(f"--model={model}")
-            self.assertNotEqual(r.returncode, 0)
-            self.assertIn('quant_method "fp8"', r.stderr)
-            self.assertIn("not supported", r.stderr)
+        # An unsupported method fails naming it; a supported one declared over bf16
+        # tensors fails too (the tensors are not in its format): never read as bf16.
+        for quantization, expected in (({"quant_method": "awq", "bits": 4}, ['quant_method "awq"', "not supported"]),
+                                       ({"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]},
+                                        ['quant_method "fp8"', "not an fp8 checkpoint"])):
+            with self.subTest(method=quantization["quant_method"]), tempfile.TemporaryDirectory() as tmp:
+                model = os.path.join(tmp, "model")
+                shutil.copytree(QWEN3_BF16, model)
+                with open(os.path.join(model, "config.json")) as f:
+                    config = json.load(f)
+                config["quantization_config"] = quantization
+                with open(os.path.join(model, "config.json"), "w") as f:
+                    json.dump(config, f)
+                r = self.run_sluiced(f"--model={model}")
+                self.assertNotEqual(r.returncode, 0)
+                for text in expected:
+                    self.assertIn(text, r.stderr)
+
+    def test_pre_quantized_checkpoints_report_their_format_and_match_transformers(self):
+        # FP8 (block scales) and GPTQ (act-order) fixtures, as published: GetModelInfo names
+        # the format, and greedy decoding reproduces transformers' greedy continuation of
+        # the dequantized weights (tests/fixtures/make_prequantized_fixtures.py).
+        for name, prefix in (("qwen3_fp8", "fp8_block128"), ("qwen3_gptq_act_order", "gptq_int4_g64_act_order")):
+            model_dir = os.path.join(tl.TEST_DATA_DIR, "models", name)
+            with open(os.path.join(model_dir, "golden.json")) as f:
+                golden = json.load(f)
+            with self.subTest(model=name), tl.Daemon(model_dir=model_dir, metrics=False) as d:
+                info = model_info(d)
+                self.assertEqual(info.quantization, "none")
+                self.assertTrue(info.weight_format.startswith(prefix), info.weight_format)
+                for prompt in golden["prompts"][:2]:
+                    self.assertEqual(generate_ids(d, prompt["ids"], len(prompt["greedy"])), prompt["greedy"])
+
+    def test_quantization_flag_on_a_pre_quantized_checkpoint_fails_at_start(self):
+        r = self.run_sluiced("--model=" + os.path.join(tl.TEST_DATA_DIR, "models", "qwen3_fp8"), "--quantization=int8")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("already quantized", r.stderr)
 
 
 if __name__ == "__main__":

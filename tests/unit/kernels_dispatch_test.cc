@@ -519,6 +519,7 @@ double Tolerance(Device device, DType dtype) {
     case DType::kI32:
     case DType::kI64:
     case DType::kI8:
+    case DType::kWeightRowRefs:
       return 0.0;
   }
   return 0.0;
