@@ -4,6 +4,8 @@
   qwen3_5_0_8b      the published Qwen3.5-0.8B text decoder (tests/data/configs)
   qwen3_5_moe_2b8   a Qwen3.5-MoE scaled to ~2.8 B total / ~0.5 B active
   qwen3_5_dense_2b8 a dense Qwen3.5 of about the same total size (the MoE's peer)
+  qwen3_0_6b        the published Qwen3-0.6B (dense softmax attention: the prefix-cache
+                    benchmark's dense peer)
 
 The weights are random (std 0.02), so outputs are meaningless; shapes, dtypes, tensor
 names and memory traffic are the real ones. Files go to bench/synthetic/<name>/
@@ -73,7 +75,17 @@ def qwen3_5_moe_2b7_k8():
         num_experts_per_tok=8, moe_intermediate_size=1024, shared_expert_intermediate_size=512)
 
 
-MODELS = {"qwen3_5_0_8b": qwen3_5_0_8b, "qwen3_5_moe_2b8": qwen3_5_moe_2b8,
+def qwen3_0_6b():
+    """Qwen/Qwen3-0.6B's config.json (its published values)."""
+    return {
+        "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072,
+        "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+        "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "tie_word_embeddings": True, "hidden_act": "silu", "attention_bias": False,
+    }
+
+
+MODELS = {"qwen3_5_0_8b": qwen3_5_0_8b, "qwen3_0_6b": qwen3_0_6b, "qwen3_5_moe_2b8": qwen3_5_moe_2b8,
           "qwen3_5_moe_2b7_k8": qwen3_5_moe_2b7_k8,
           "qwen3_5_dense_2b8": qwen3_5_dense_2b8}
 
@@ -93,7 +105,10 @@ def write(name, config_dict):
             continue
         shape = tuple(p.shape)
         if key.endswith("norm.weight"):
-            t = (torch.ones(shape) if "linear_attn.norm" in key else torch.zeros(shape))
+            # Qwen3.5's norms are zero-centred (1 + w) except the Gated DeltaNet's; Qwen3's
+            # are plain weights.
+            plain = "linear_attn.norm" in key or config_dict["model_type"] == "qwen3"
+            t = torch.ones(shape) if plain else torch.zeros(shape)
         elif key.endswith("A_log"):
             t = torch.log(torch.empty(shape).uniform_(1, 16, generator=gen))
         elif key.endswith("dt_bias"):

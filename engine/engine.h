@@ -50,7 +50,7 @@ struct EngineOptions {
   // points and sequence ends.
   bool enable_prefix_caching = true;
   int64_t prefix_state_memory = 256ll << 20;
-  int32_t state_snapshot_interval = 1024;
+  int32_t state_snapshot_interval = 256;
   double itl_target_ms = 0;        // see SchedulerOptions::itl_target_ms
   double itl_target_factor = 1.3;  // see SchedulerOptions::itl_target_factor
   StepObserver on_step;            // see SchedulerOptions::on_step

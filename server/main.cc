@@ -81,7 +81,7 @@ ABSL_FLAG(bool, enable_prefix_caching, true,
 ABSL_FLAG(int64_t, prefix_state_memory, 256ll << 20,
           "Hybrid models: bytes for prefix-cache snapshots of the recurrent state (beside "
           "--kv_cache_memory; GetEngineStats reports the bytes of one)");
-ABSL_FLAG(int32_t, state_snapshot_interval, 1024,
+ABSL_FLAG(int32_t, state_snapshot_interval, 256,
           "Hybrid models: also snapshot the state every this many prompt tokens (rounded up "
           "to 64; 0: only at prefill ends, branch points and the ends of sequences)");
 ABSL_FLAG(std::string, kv_cache_dtype, "bf16",
