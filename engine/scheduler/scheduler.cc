@@ -76,6 +76,7 @@ void Scheduler::ReleaseResources(Sequence* seq, bool keep_state) {
   if (seq->restore >= 0) snapshots_.Unpin(seq->restore);
   if (seq->writing >= 0) snapshots_.Release(seq->writing);
   if (seq->trailing >= 0) {
+    --trailing_in_use_;
     // The state as it stood at trailing_pos, whose blocks are all registered: the next
     // turn of a conversation re-sends exactly this prefix.
     if (keep_state && seq->trailing_pos > 0) {
@@ -686,9 +687,13 @@ void Scheduler::PlanCheckpoint(Sequence* seq, int32_t* count, bool decode) {
     // sequence ends). Recurrent decode keeps no chunk grid, so any cell end will do.
     if ((start + 1) % snapshot_grid_ != 0) return;
     if (seq->trailing < 0) {
+      // Trailing snapshots are held until their sequences end; at most half the pool,
+      // so that decoding streams never crowd out the prompts' snapshots.
+      if (2 * (trailing_in_use_ + 1) > snapshots_.num_snapshots()) return;
       std::optional<int32_t> id = snapshots_.Allocate();
       if (!id) return;
       seq->trailing = *id;
+      ++trailing_in_use_;
     }
     seq->trailing_planned = start + 1;
     return;
@@ -747,8 +752,16 @@ std::string Scheduler::CheckCacheInvariants() const {
   for (const SeqPtr& seq : running_) {
     for (int32_t b : seq->block_table) ++refs[b];
   }
+  int32_t trailing = 0;
+  for (const SeqPtr& seq : running_) trailing += seq->trailing >= 0 ? 1 : 0;
+  if (trailing != trailing_in_use_ || 2 * trailing > snapshots_.num_snapshots()) {
+    return absl::StrCat(trailing, " trailing snapshots held (counted ", trailing_in_use_, ") of ",
+                        snapshots_.num_snapshots());
+  }
   for (const SeqPtr& seq : waiting_) {
-    if (!seq->block_table.empty()) return "a queued sequence holds blocks";
+    if (!seq->block_table.empty() || seq->trailing >= 0 || seq->writing >= 0 || seq->restore >= 0) {
+      return "a queued sequence holds blocks or snapshots";
+    }
   }
   for (int32_t b = 0; b < allocator_.num_blocks(); ++b) {
     if (refs[b] != allocator_.refcount(b)) {

@@ -209,6 +209,7 @@ class Scheduler {
   int32_t snapshot_grid_ = 0;
   int32_t snapshot_interval_ = 0;
   uint64_t prefix_queries_ = 0, prefix_hits_ = 0;
+  int32_t trailing_in_use_ = 0;  // snapshots held by running sequences' decodes
   std::vector<int32_t> eos_ids_;
   int32_t prefill_cap_;  // prompt tokens allowed in a step with decodes (ITL target)
   double decode_step_ms_ = 0;  // moving average of decode-step times (auto target)
