@@ -85,7 +85,17 @@ absl::StatusOr<std::vector<uint64_t>> ReadExpertTokenCounter(const Tensor& exper
 absl::StatusOr<std::unique_ptr<GroupedExperts>> GroupedExperts::Create(absl::Span<const Tensor> gate_up,
                                                                        absl::Span<const Tensor> down,
                                                                        Device device) {
+  return Create(gate_up, down, device, DefaultLinearOptions());
+}
+
+absl::StatusOr<std::unique_ptr<GroupedExperts>> GroupedExperts::Create(absl::Span<const Tensor> gate_up,
+                                                                       absl::Span<const Tensor> down,
+                                                                       Device device,
+                                                                       const LinearOptions& options) {
   constexpr absl::string_view kOp = "GroupedExperts";
+  if (options.quantization == WeightQuantization::kInt4 && options.group_size <= 0) {
+    return Invalid(kOp, absl::StrCat("int4 group size ", options.group_size, " must be positive"));
+  }
   if (gate_up.empty() || gate_up.size() != down.size()) {
     return Invalid(kOp, "needs one gate_up and one down weight per expert, at least one expert");
   }
@@ -112,7 +122,7 @@ absl::StatusOr<std::unique_ptr<GroupedExperts>> GroupedExperts::Create(absl::Spa
                                        " and [H, I]"));
     }
   }
-  return SLUICE_DEVICE_DISPATCH(device, CreateGroupedExpertsBody<D>(gate_up, down));
+  return SLUICE_DEVICE_DISPATCH(device, CreateGroupedExpertsBody<D>(gate_up, down, options));
 }
 
 absl::Status GroupedExperts::Forward(const Tensor& x, const Tensor& expert_offsets, const Tensor& sorted_rows,

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/ops.h"
 #include "kernels/tensor.h"
 
 namespace sluice::kernels {
@@ -44,10 +45,22 @@ absl::StatusOr<std::vector<uint64_t>> ReadExpertTokenCounter(const Tensor& exper
 // Experts with no rows are never read. An object keeps its workspace between calls (no
 // allocation in steady state; on the CPU one per thread, shared by all layers), so an
 // object runs one Forward at a time, like a model's layers.
+//
+// Quantized experts (options.quantization int8 or int4) are stored in exactly the format
+// a Linear with those options stores each [2I, H] and [H, I] weight (cpu/gemm_int8_cpu.h:
+// symmetric per output channel; cpu/gemm_int4_cpu.h: group-wise, group_size 32, 64 or
+// 128), and every output is then bit for bit the per-expert loop over those Linears.
+// Every row's result is independent of the batch it shares, in every format.
 class GroupedExperts {
  public:
   // gate_up[e]: [2I, H] (gate rows, then up rows); down[e]: [H, I]; f32, bf16 or f16,
-  // one shape for every expert. The packed copies live on `device`.
+  // one shape for every expert. The packed copies live on `device`. Quantized with
+  // `options` (LinearOptions{}: the checkpoint's own format, as a Linear keeps it).
+  static absl::StatusOr<std::unique_ptr<GroupedExperts>> Create(absl::Span<const Tensor> gate_up,
+                                                                absl::Span<const Tensor> down, Device device,
+                                                                const LinearOptions& options);
+  // The same with the calling thread's default options (DefaultLinearOptions(): the
+  // innermost ScopedLinearOptions, which model loading opens for --quantization).
   static absl::StatusOr<std::unique_ptr<GroupedExperts>> Create(absl::Span<const Tensor> gate_up,
                                                                 absl::Span<const Tensor> down,
                                                                 Device device);
@@ -63,16 +76,19 @@ class GroupedExperts {
   int64_t hidden() const { return hidden_; }
   int64_t intermediate() const { return intermediate_; }
   Device device() const { return device_; }
-  // Packed weight bytes of one expert (gate, up and down), what a token routed to it reads.
+  // How the experts are stored (kNone: the checkpoint's format, bf16 or f32).
+  WeightQuantization quantization() const { return quantization_; }
+  // Packed weight bytes of one expert (gate, up and down), what a token routed to it reads
+  // (quantized formats: values, scales and panel padding).
   size_t ExpertWeightBytes() const { return expert_weight_bytes_; }
   // Multiply-adds ×2 of one expert for one token.
   double ExpertFlopsPerToken() const { return 2.0 * 3.0 * hidden_ * intermediate_; }
 
  protected:
   GroupedExperts(int64_t experts, int64_t hidden, int64_t intermediate, Device device,
-                 size_t expert_weight_bytes)
+                 size_t expert_weight_bytes, WeightQuantization quantization = WeightQuantization::kNone)
       : num_experts_(experts), hidden_(hidden), intermediate_(intermediate), device_(device),
-        expert_weight_bytes_(expert_weight_bytes) {}
+        expert_weight_bytes_(expert_weight_bytes), quantization_(quantization) {}
   // The device's body, called with shapes, dtypes and devices already checked.
   virtual absl::Status Run(const Tensor& x, const Tensor& expert_offsets, const Tensor& sorted_rows,
                            const Tensor& sorted_weights, Tensor* out) = 0;
@@ -83,6 +99,7 @@ class GroupedExperts {
   int64_t intermediate_;
   Device device_;
   size_t expert_weight_bytes_;
+  WeightQuantization quantization_;
 };
 
 }  // namespace sluice::kernels

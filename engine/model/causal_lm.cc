@@ -44,8 +44,8 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
   // Linear::Create(weight, device) inside this scope is quantized: attention q|k|v|gate
   // and o, the Gated DeltaNet in_proj (q|k|v|z|b|a, fused) and out_proj, the dense and
   // shared-expert MLPs, the MoE router and the shared-expert gate (feed_forward.cc),
-  // and the LM head. Routed experts stored in bf16 stay bf16 (kernels/moe.h packs them
-  // itself; quantized experts come with the grouped-experts op's int8/int4 bodies).
+  // the routed experts (GroupedExperts::Create reads this scope too and packs them in the
+  // same int8/int4 formats, kernels/moe.h), and the LM head.
   // Kept in higher precision:
   //  - norms, A_log, dt_bias and the conv1d taps: f32 vectors already, read once a step
   //    (a few KB per layer), so quantizing them would save nothing measurable;
@@ -168,9 +168,7 @@ absl::StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const std::string& dir,
               : absl::StrCat(" (group-wise, ", options.int4_group_size, " per group"),
           options.quantize_embeddings ? absl::StrCat("; embedding int8, LM head ", width)
                                       : absl::StrCat("; embedding and LM head ", source),
-          // bf16 experts are packed by the grouped-experts op itself, unquantized for
-          // now; experts of other dtypes go through Linear and are quantized.
-          c.moe.num_experts > 0 && head.dtype() == DType::kBF16 ? "; routed experts bfloat16" : "", ")");
+          ")");
     }
   }
   SLUICE_RETURN_IF_ERROR(model->CollectCacheSpecs());

@@ -89,7 +89,10 @@ absl::StatusOr<std::unique_ptr<MoeFeedForward>> MoeFeedForward::Load(const Model
       downs.push_back(std::move(down));
     }
   }
-  SLUICE_ASSIGN_OR_RETURN(m->experts_, kernels::GroupedExperts::Create(gate_ups, downs, device));
+  // Quantized with the options in force: CausalLm::Load's scope for --quantization packs
+  // the routed experts int8 or int4, like every projection, whatever the checkpoint's dtype.
+  SLUICE_ASSIGN_OR_RETURN(m->experts_, kernels::GroupedExperts::Create(gate_ups, downs, device,
+                                                                       kernels::DefaultLinearOptions()));
   gate_ups.clear();  // the stacked copies are packed now
   downs.clear();
   if (moe.shared_expert_intermediate_size > 0) {

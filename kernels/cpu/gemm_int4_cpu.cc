@@ -258,6 +258,60 @@ void WithRows(int64_t rows, Kernel&& kernel, std::integer_sequence<int, R...>) {
   ((rows == R + 1 ? kernel.template operator()<R + 1>() : void()), ...);
 }
 
+// Panels per kernel call for row groups of at most max_rows rows: enough independent FMA
+// chains at small M (see PanelKernel).
+int64_t PanelsPerCall(int64_t max_rows, bool simd) {
+  return simd ? (max_rows == 1 ? 4 : max_rows <= 3 ? 2 : 1) : 1;
+}
+
+// Rows [m0, m0 + rows) of a × panels [p0, p1): the rows cut into the fewest near-equal
+// groups of at most kMaxRows, the panels np at a time (np = PanelsPerCall of the largest
+// group), a short tail panel by panel. y points at row 0, column 0 of the output.
+void PanelRange(const Activations& a, int64_t m0, int64_t rows, const PackedInt4Weight& w, int64_t p0,
+                int64_t p1, float* y, int64_t ldy, bool simd) {
+  const int64_t k = w.k(), gs = w.group_size();
+  const int64_t row_groups = (rows + kMaxRows - 1) / kMaxRows;
+  const int64_t np = PanelsPerCall((rows + row_groups - 1) / row_groups, simd);
+  int64_t r = m0;
+  for (int64_t rg = 0; rg < row_groups; ++rg) {
+    const int64_t n_rows = rows / row_groups + (rg < rows % row_groups ? 1 : 0);
+#ifdef SLUICE_INT4_AVX512
+    if (simd) {
+      for (int64_t p = p0; p < p1;) {
+        // A full chunk of np panels in one call; a short tail panel by panel.
+        const int64_t step = p1 - p >= np ? np : 1;
+        const int64_t valid_last = std::min(kCols, w.n() - (p + step - 1) * kCols);
+        float* yp = y + r * ldy + p * kCols;
+        auto call = [&]<int R>() {
+          if constexpr (R == 1) {
+            if (step == 4) {
+              PanelKernel<R, 4>(a, r, k, gs, w.panel(p), w.panel_words(), yp, ldy, valid_last);
+              return;
+            }
+          }
+          if constexpr (R <= 3) {
+            if (step == 2) {
+              PanelKernel<R, 2>(a, r, k, gs, w.panel(p), w.panel_words(), yp, ldy, valid_last);
+              return;
+            }
+          }
+          PanelKernel<R, 1>(a, r, k, gs, w.panel(p), w.panel_words(), yp, ldy, valid_last);
+        };
+        WithRows(n_rows, call, std::make_integer_sequence<int, kMaxRows>());
+        p += step;
+      }
+      r += n_rows;
+      continue;
+    }
+#endif
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t valid = std::min(kCols, w.n() - p * kCols);
+      PanelKernelScalar(a, r, n_rows, k, gs, w.panel(p), y + p * kCols, ldy, valid);
+    }
+    r += n_rows;
+  }
+}
+
 }  // namespace
 
 bool Int4Avx512Available() {
@@ -269,6 +323,14 @@ bool Int4Avx512Available() {
 #else
   return false;
 #endif
+}
+
+void Int4GroupSums(const float* x, int64_t k, int64_t group_size, float* sums) {
+  for (int64_t g = 0, k0 = 0; k0 < k; ++g, k0 += group_size) {
+    float s = 0;
+    for (int64_t kk = k0; kk < std::min(k, k0 + group_size); ++kk) s += x[kk];
+    sums[g] = s;
+  }
 }
 
 void GemmF32Int4(const float* x, int64_t m, const PackedInt4Weight& w, float* y, int64_t ldy,
@@ -285,13 +347,7 @@ void GemmF32Int4(const float* x, int64_t m, const PackedInt4Weight& w, float* y,
     xs = padded.data();
   }
   sums.resize(static_cast<size_t>(m * groups));
-  for (int64_t r = 0; r < m; ++r) {
-    for (int64_t g = 0; g < groups; ++g) {
-      float s = 0;
-      for (int64_t kk = g * gs; kk < std::min(k, (g + 1) * gs); ++kk) s += xs[r * kp + kk];
-      sums[r * groups + g] = s;
-    }
-  }
+  for (int64_t r = 0; r < m; ++r) Int4GroupSums(xs + r * kp, k, gs, sums.data() + r * groups);
   const Activations a{xs, kp, sums.data(), groups};
   const bool simd = !portable && Int4Avx512Available();
   // Rows go in tiles whose activations stay in L2 while every panel streams past, each
@@ -300,53 +356,22 @@ void GemmF32Int4(const float* x, int64_t m, const PackedInt4Weight& w, float* y,
   for (int64_t m0 = 0; m0 < m; m0 += tile) {
     const int64_t rows = std::min(tile, m - m0);
     const int64_t row_groups = (rows + kMaxRows - 1) / kMaxRows;
-    // Panels per kernel call: enough independent FMA chains at small M (see PanelKernel).
-    const int64_t max_rows = (rows + row_groups - 1) / row_groups;
-    const int64_t np = simd ? (max_rows == 1 ? 4 : max_rows <= 3 ? 2 : 1) : 1;
+    const int64_t np = PanelsPerCall((rows + row_groups - 1) / row_groups, simd);
     const int64_t chunks = (w.num_panels() + np - 1) / np;
     // Guided, as the bf16 GEMM: a core taken by the OS leaves its panels to the other.
 #pragma omp parallel for schedule(guided)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t p0 = chunk * np, p1 = std::min(w.num_panels(), p0 + np);
-      int64_t r = m0;
-      for (int64_t rg = 0; rg < row_groups; ++rg) {
-        const int64_t n_rows = rows / row_groups + (rg < rows % row_groups ? 1 : 0);
-#ifdef SLUICE_INT4_AVX512
-        if (simd) {
-          // A full chunk in one call; a short last chunk panel by panel.
-          const int64_t step = p1 - p0 == np ? np : 1;
-          for (int64_t p = p0; p < p1; p += step) {
-            const int64_t valid_last = std::min(kCols, w.n() - (p + step - 1) * kCols);
-            float* yp = y + r * ldy + p * kCols;
-            auto call = [&]<int R>() {
-              if constexpr (R == 1) {
-                if (step == 4) {
-                  PanelKernel<R, 4>(a, r, k, gs, w.panel(p), w.panel_words(), yp, ldy, valid_last);
-                  return;
-                }
-              }
-              if constexpr (R <= 3) {
-                if (step == 2) {
-                  PanelKernel<R, 2>(a, r, k, gs, w.panel(p), w.panel_words(), yp, ldy, valid_last);
-                  return;
-                }
-              }
-              PanelKernel<R, 1>(a, r, k, gs, w.panel(p), w.panel_words(), yp, ldy, valid_last);
-            };
-            WithRows(n_rows, call, std::make_integer_sequence<int, kMaxRows>());
-          }
-          r += n_rows;
-          continue;
-        }
-#endif
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t valid = std::min(kCols, w.n() - p * kCols);
-          PanelKernelScalar(a, r, n_rows, k, gs, w.panel(p), y + p * kCols, ldy, valid);
-        }
-        r += n_rows;
-      }
+      PanelRange(a, m0, rows, w, p0, p1, y, ldy, simd);
     }
   }
+}
+
+void GemmF32Int4Panels(const float* xp, const float* sums, int64_t m, const PackedInt4Weight& w, int64_t p0,
+                       int64_t p1, float* y, int64_t ldy, bool portable) {
+  if (m <= 0 || p0 >= p1) return;
+  const Activations a{xp, w.padded_k(), sums, w.num_groups()};
+  PanelRange(a, 0, m, w, p0, p1, y, ldy, !portable && Int4Avx512Available());
 }
 
 absl::StatusOr<std::unique_ptr<Int4Linear>> Int4Linear::Create(const Tensor& weight,

@@ -98,6 +98,19 @@ bool Int4Avx512Available();
 void GemmF32Int4(const float* x, int64_t m, const PackedInt4Weight& w, float* y, int64_t ldy,
                  bool portable = false);
 
+// The pieces of GemmF32Int4, for callers that split the work over threads themselves (the
+// grouped-experts op, kernels/cpu/moe_cpu.cc). They never thread and give every output
+// exactly GemmF32Int4's value.
+//
+// sums[g] = Σ_{k∈g} x[k], k ascending, for the groups of group_size over x[0, k): the
+// per-row prologue GemmF32Int4 runs before its panels.
+void Int4GroupSums(const float* x, int64_t k, int64_t group_size, float* sums);
+// y[r, p·32 + c] for rows r < m, panels p in [p0, p1) and their valid columns c.
+// xp: f32 [m, w.padded_k()], each row x zero-padded past w.k(); sums: [m, w.num_groups()]
+// from Int4GroupSums; y points at row 0, column 0 of the output (row stride ldy).
+void GemmF32Int4Panels(const float* xp, const float* sums, int64_t m, const PackedInt4Weight& w, int64_t p0,
+                       int64_t p1, float* y, int64_t ldy, bool portable = false);
+
 // The Linear body for `--quantization int4` on the CPU.
 class Int4Linear final : public Linear {
  public:

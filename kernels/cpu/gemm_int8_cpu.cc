@@ -125,43 +125,64 @@ bool Int8Avx512Available() {
 #endif
 }
 
+namespace {
+
+bool UseAvx512(Int8Kernel kernel) {
+#ifdef SLUICE_INT8_X86
+  return kernel == Int8Kernel::kAvx512 || (kernel == Int8Kernel::kAuto && Int8Avx512Available());
+#else
+  (void)kernel;
+  return false;
+#endif
+}
+
+// Rows [0, m) of x × panel p, the rows cut into the fewest near-equal groups of at most
+// kMaxRows (the grouping changes no output's bits: each is its own chain).
+void PanelRows(const float* x, int64_t m, const PackedInt8Weight& w, int64_t p, float* y, int64_t ldy,
+               bool avx512) {
+  const int64_t k = w.k();
+  const float* scales = w.scales().data() + p * kCols;
+  const int64_t valid = std::min(kCols, w.n() - p * kCols);
+  const int64_t groups = (m + kMaxRows - 1) / kMaxRows;
+  int64_t r = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int n_rows = static_cast<int>(m / groups + (g < m % groups ? 1 : 0));
+    const float* xr = x + r * k;
+    float* yr = y + r * ldy + p * kCols;
+#ifdef SLUICE_INT8_X86
+    if (avx512) {
+      Avx512WithRows(n_rows, std::make_integer_sequence<int, kMaxRows>(), xr, k, w.panel(p), scales, yr, ldy, valid);
+      r += n_rows;
+      continue;
+    }
+#endif
+    PanelKernelScalar(n_rows, xr, k, w.panel(p), scales, yr, ldy, valid);
+    r += n_rows;
+  }
+}
+
+}  // namespace
+
 void GemmF32Int8(const float* x, int64_t m, const PackedInt8Weight& w, float* y, int64_t ldy,
                  Int8Kernel kernel) {
   if (m <= 0) return;
-  bool avx512 = kernel == Int8Kernel::kAvx512 || (kernel == Int8Kernel::kAuto && Int8Avx512Available());
-#ifndef SLUICE_INT8_X86
-  avx512 = false;
-#endif
+  const bool avx512 = UseAvx512(kernel);
   const int64_t k = w.k();
-  const float* scales = w.scales().data();
   // Rows go in tiles whose activations stay in L2 while every panel streams past, each
   // tile cut into the fewest near-equal groups of at most kMaxRows (as the bf16 GEMM).
   const int64_t tile = std::max<int64_t>(kMaxRows, (256 * 1024) / std::max<int64_t>(1, 4 * k) / kMaxRows * kMaxRows);
   for (int64_t m0 = 0; m0 < m; m0 += tile) {
     const int64_t rows = std::min(tile, m - m0);
-    const int64_t groups = (rows + kMaxRows - 1) / kMaxRows;
     // Guided: when the OS takes a core, the other thread picks up the remaining panels.
 #pragma omp parallel for schedule(guided)
-    for (int64_t p = 0; p < w.num_panels(); ++p) {
-      const int64_t valid = std::min(kCols, w.n() - p * kCols);
-      int64_t r = m0;
-      for (int64_t g = 0; g < groups; ++g) {
-        const int n_rows = static_cast<int>(rows / groups + (g < rows % groups ? 1 : 0));
-        const float* xr = x + r * k;
-        float* yr = y + r * ldy + p * kCols;
-#ifdef SLUICE_INT8_X86
-        if (avx512) {
-          Avx512WithRows(n_rows, std::make_integer_sequence<int, kMaxRows>(), xr, k, w.panel(p),
-                         scales + p * kCols, yr, ldy, valid);
-          r += n_rows;
-          continue;
-        }
-#endif
-        PanelKernelScalar(n_rows, xr, k, w.panel(p), scales + p * kCols, yr, ldy, valid);
-        r += n_rows;
-      }
-    }
+    for (int64_t p = 0; p < w.num_panels(); ++p) PanelRows(x + m0 * k, rows, w, p, y + m0 * ldy, ldy, avx512);
   }
+}
+
+void GemmF32Int8Panel(const float* x, int64_t m, const PackedInt8Weight& w, int64_t panel, float* y,
+                      int64_t ldy, Int8Kernel kernel) {
+  if (m <= 0) return;
+  PanelRows(x, m, w, panel, y, ldy, UseAvx512(kernel));
 }
 
 }  // namespace sluice::kernels::cpu

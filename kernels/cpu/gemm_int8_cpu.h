@@ -65,6 +65,12 @@ bool Int8Avx512Available();
 // x: f32 [M, K] (row stride K); y: f32 with row stride ldy. Threads over panels (OpenMP).
 void GemmF32Int8(const float* x, int64_t m, const PackedInt8Weight& w, float* y, int64_t ldy,
                  Int8Kernel kernel = Int8Kernel::kAuto);
+// One panel of GemmF32Int8, for callers that split the work over threads themselves (the
+// grouped-experts op, kernels/cpu/moe_cpu.cc): y[r, panel·32 + c] for r < m and the
+// panel's valid columns, exactly GemmF32Int8's values; never threads. x: f32 [m, K] (row
+// stride K); y points at row 0, column 0 of the output (row stride ldy).
+void GemmF32Int8Panel(const float* x, int64_t m, const PackedInt8Weight& w, int64_t panel, float* y,
+                      int64_t ldy, Int8Kernel kernel = Int8Kernel::kAuto);
 
 }  // namespace sluice::kernels::cpu
 

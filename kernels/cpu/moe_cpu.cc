@@ -14,6 +14,10 @@
 // same expressions as cpu::SiluMul and cpu::ScaledScatterAdd, and each output element
 // still receives its experts' contributions in ascending expert order, because one item
 // owns the element for all experts.
+//
+// Experts quantized at load (int8, int4) run the same four loops over the int8 and int4
+// GEMMs' panel kernels (QuantizedGroupedExperts), bit for bit the per-expert loop over
+// quantized Linears.
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +28,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
+#include "kernels/cpu/gemm_int4_cpu.h"
+#include "kernels/cpu/gemm_int8_cpu.h"
 #include "kernels/cpu/moe_cpu.h"
 #include "kernels/ops.h"
 
@@ -226,6 +232,249 @@ class PackedGroupedExperts final : public GroupedExperts {
   std::vector<PackedBf16Weight> down_;     // [H, I]
 };
 
+// Experts quantized at load (--quantization int8|int4): the same four loops as the bf16
+// body, over the int8 and int4 GEMMs' own panel kernels (cpu/gemm_int8_cpu.h,
+// cpu/gemm_int4_cpu.h). Each expert's weights are quantized exactly as a Linear with the
+// same options quantizes them: int8 per output channel and int4 per (output channel,
+// group of K), so interleaving gate_up's rows by block changes no value, and every GEMM
+// output is that Linear's own chain over K. The result is therefore the per-expert loop
+// over quantized Linears bit for bit, and each row's bits ignore the batch it shares.
+//
+// int4 needs, per activation row, the row padded to 8 K and its group sums (the int4
+// GEMM's prologue). The gathered rows get theirs in the gather loop; the SwiGLU rows in
+// the gate-up item that wrote them, since an item there spans whole groups of the down
+// weight's K (group_size / 32 blocks), and its 2·group_size/32 consecutive panels let the
+// int4 kernel interleave 4 panels at one row. No extra barrier, no extra pass.
+class QuantizedGroupedExperts final : public GroupedExperts {
+ public:
+  static absl::StatusOr<std::unique_ptr<GroupedExperts>> Create(absl::Span<const Tensor> gate_up,
+                                                                absl::Span<const Tensor> down,
+                                                                const LinearOptions& options) {
+    const bool int4 = options.quantization == WeightQuantization::kInt4;
+    if (int4 && options.group_size != 32 && options.group_size != 64 && options.group_size != 128) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GroupedExperts: int4 group size must be 32, 64 or 128, got ", options.group_size));
+    }
+    for (size_t e = 0; e < gate_up.size(); ++e) {
+      for (const Tensor* t : {&gate_up[e], &down[e]}) {
+        if (t->dtype() != DType::kF32 && t->dtype() != DType::kBF16 && t->dtype() != DType::kF16) {
+          // E.g. a pre-quantized checkpoint's rows: never re-read as another format.
+          return absl::FailedPreconditionError(
+              absl::StrCat("GroupedExperts: quantizing experts at load needs f32, bf16 or f16 weights; expert ", e,
+                           " is ", DTypeName(t->dtype())));
+        }
+      }
+    }
+    const int64_t h = gate_up[0].dim(1), inter = gate_up[0].dim(0) / 2;
+    const int64_t blocks = (inter + kBlock - 1) / kBlock;
+    std::vector<PackedInt8Weight> gate_up8, down8;
+    std::vector<PackedInt4Weight> gate_up4, down4;
+    // gate_up is interleaved by 32-column block as in the bf16 body (gate block q, then up
+    // block q; a short last block zero-padded), widened to f32 first: exact for bf16 and
+    // f16, and what both quantizers read.
+    std::vector<float> interleaved(static_cast<size_t>(2 * blocks * kBlock * h));
+    std::vector<float> widened(static_cast<size_t>(h * inter));
+    for (size_t e = 0; e < gate_up.size(); ++e) {
+      std::fill(interleaved.begin(), interleaved.end(), 0.f);
+      for (int64_t col = 0; col < inter; ++col) {
+        const int64_t qb = col / kBlock, c = col % kBlock;
+        Widen(gate_up[e], col * h, h, &interleaved[((2 * qb) * kBlock + c) * h]);
+        Widen(gate_up[e], (inter + col) * h, h, &interleaved[((2 * qb + 1) * kBlock + c) * h]);
+      }
+      Widen(down[e], 0, h * inter, widened.data());
+      if (int4) {
+        gate_up4.emplace_back(interleaved.data(), DType::kF32, 2 * blocks * kBlock, h, options.group_size);
+        down4.emplace_back(widened.data(), DType::kF32, h, inter, options.group_size);
+        if (!gate_up4.back().all_finite() || !down4.back().all_finite()) {
+          // As the int4 Linear: no scale represents them.
+          return absl::InvalidArgumentError(
+              absl::StrCat("GroupedExperts: expert ", e, "'s weights hold NaN or infinite values"));
+        }
+      } else {
+        gate_up8.emplace_back(interleaved.data(), 2 * blocks * kBlock, h);
+        down8.emplace_back(widened.data(), h, inter);
+      }
+    }
+    const size_t bytes = int4 ? gate_up4[0].bytes() + down4[0].bytes() : gate_up8[0].bytes() + down8[0].bytes();
+    return std::unique_ptr<GroupedExperts>(new QuantizedGroupedExperts(
+        static_cast<int64_t>(gate_up.size()), h, inter, options.quantization, bytes, blocks,
+        int4 ? options.group_size / kBlock : 1, std::move(gate_up8), std::move(down8), std::move(gate_up4),
+        std::move(down4)));
+  }
+
+ protected:
+  absl::Status Run(const Tensor& x, const Tensor& expert_offsets, const Tensor& sorted_rows,
+                   const Tensor& sorted_weights, Tensor* out) override {
+    const int64_t tokens = x.dim(0);
+    if (auto s = CheckGroupingContents(expert_offsets, sorted_rows, tokens); !s.ok()) return s;
+    const int64_t h = hidden(), inter = intermediate(), experts = num_experts();
+    const int32_t* off = expert_offsets.data<int32_t>();
+    const int32_t* rows = sorted_rows.data<int32_t>();
+    const float* scale = sorted_weights.data<float>();
+    const float* xs = x.data<float>();
+    float* o = out->data<float>();
+    const int64_t total = off[experts];
+    if (total == 0) {
+      std::memset(o, 0, out->bytes());
+      return absl::OkStatus();
+    }
+    const bool int4 = quantization() == WeightQuantization::kInt4;
+    // Row strides: the int4 kernel reads rows padded to 8 K, plus one sum per group.
+    const int64_t ld_x = int4 ? gate_up4_[0].padded_k() : h;
+    const int64_t groups_h = int4 ? gate_up4_[0].num_groups() : 0;
+    const int64_t ld_gu = 2 * blocks_ * kBlock;
+    const int64_t ld_act = int4 ? down4_[0].padded_k() : inter;
+    const int64_t groups_i = int4 ? down4_[0].num_groups() : 0;
+    const int64_t gs = int4 ? gate_up4_[0].group_size() : 0;
+    static thread_local QuantizedWorkspace ws;  // as the bf16 body: one per thread, all layers
+    float* xg = Grow(ws.x_rows, total * ld_x);
+    float* xsum = int4 ? Grow(ws.x_sums, total * groups_h) : nullptr;
+    float* gu = Grow(ws.gate_up_out, total * ld_gu);
+    float* act = Grow(ws.act, total * ld_act);
+    float* asum = int4 ? Grow(ws.act_sums, total * groups_i) : nullptr;
+    float* y = Grow(ws.down_out, total * h);
+    std::vector<int32_t>& active = ws.active;
+    std::vector<UpItem>& up_list = ws.up_items;
+    std::vector<DownItem>& down_list = ws.down_items;
+    active.clear();
+    up_list.clear();
+    down_list.clear();
+    const int64_t tile = GemmRowTile(4 * ld_x);
+    for (int64_t e = 0; e < experts; ++e) {
+      if (off[e + 1] == off[e]) continue;  // never read
+      active.push_back(static_cast<int32_t>(e));
+      for (int64_t r0 = off[e]; r0 < off[e + 1]; r0 += tile) {
+        const int64_t n = std::min<int64_t>(tile, off[e + 1] - r0);
+        // UpItem.block is the item's first block; it runs up to chunk_blocks_ of them.
+        for (int64_t q = 0; q < blocks_; q += chunk_blocks_) up_list.push_back({e, q, r0, n});
+      }
+    }
+    // Down: each expert's panels in near-equal runs of about 96 KB, a multiple of 4
+    // panels for int4 (the kernel's 4-panel calls at one row).
+    const int64_t down_panels = int4 ? down4_[0].num_panels() : down8_[0].num_panels();
+    const int64_t panel_bytes =
+        int4 ? down4_[0].panel_words() * static_cast<int64_t>(sizeof(uint32_t)) : kBlock * inter;
+    const int64_t longest = std::max<int64_t>(1, (96 * 1024) / panel_bytes);
+    const int64_t runs = (down_panels + longest - 1) / longest;
+    int64_t run = (down_panels + runs - 1) / runs;
+    if (int4) run = (run + 3) / 4 * 4;
+    for (const int32_t e : active) {
+      for (int64_t p = 0; p < down_panels; p += run) down_list.push_back({e, p, std::min(down_panels, p + run)});
+    }
+    const int64_t up_items = static_cast<int64_t>(up_list.size());
+    const int64_t down_items = static_cast<int64_t>(down_list.size());
+    const int64_t out_blocks = (h + kBlock - 1) / kBlock;
+
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < total; ++i) {
+        float* dst = xg + i * ld_x;
+        std::memcpy(dst, xs + static_cast<int64_t>(rows[i]) * h, h * sizeof(float));
+        if (int4) {
+          std::fill(dst + h, dst + ld_x, 0.f);
+          Int4GroupSums(dst, h, gs, xsum + i * groups_h);
+        }
+      }
+      // Gate-up, SwiGLU and (int4) the down weight's group sums of the columns written.
+#pragma omp for schedule(guided)
+      for (int64_t it = 0; it < up_items; ++it) {
+        const UpItem& item = up_list[it];
+        const int64_t q0 = item.block, q1 = std::min(blocks_, q0 + chunk_blocks_);
+        float* g = gu + item.row0 * ld_gu;
+        if (int4) {
+          GemmF32Int4Panels(xg + item.row0 * ld_x, xsum + item.row0 * groups_h, item.rows, gate_up4_[item.expert],
+                            2 * q0, 2 * q1, g, ld_gu);
+        } else {
+          for (int64_t p = 2 * q0; p < 2 * q1; ++p) {
+            GemmF32Int8Panel(xg + item.row0 * ld_x, item.rows, gate_up8_[item.expert], p, g, ld_gu);
+          }
+        }
+        const int64_t c_end = std::min(inter, q1 * kBlock);
+        for (int64_t r = 0; r < item.rows; ++r) {
+          float* a = act + (item.row0 + r) * ld_act;
+          for (int64_t qb = q0; qb < q1; ++qb) {
+            const int64_t c0 = qb * kBlock;
+            const int64_t valid = std::min(kBlock, inter - c0);
+            const float* gr = g + r * ld_gu + 2 * c0;
+            const float* ur = gr + kBlock;
+            for (int64_t c = 0; c < valid; ++c) a[c0 + c] = SiluTimes(gr[c], ur[c]);
+          }
+          if (int4) {
+            if (c_end == inter) std::fill(a + inter, a + ld_act, 0.f);
+            const int64_t c0 = q0 * kBlock;  // a group boundary: chunk_blocks_·32 = group_size
+            Int4GroupSums(a + c0, c_end - c0, gs, asum + (item.row0 + r) * groups_i + c0 / gs);
+          }
+        }
+      }
+      // Down: (expert, run of panels) items, each streaming one contiguous stretch.
+#pragma omp for schedule(guided)
+      for (int64_t it = 0; it < down_items; ++it) {
+        const DownItem& item = down_list[it];
+        const int64_t r0 = off[item.expert], n = off[item.expert + 1] - r0;
+        if (int4) {
+          GemmF32Int4Panels(act + r0 * ld_act, asum + r0 * groups_i, n, down4_[item.expert], item.panel0,
+                            item.panel1, y + r0 * h, h);
+        } else {
+          for (int64_t p = item.panel0; p < item.panel1; ++p) {
+            GemmF32Int8Panel(act + r0 * ld_act, n, down8_[item.expert], p, y + r0 * h, h);
+          }
+        }
+      }
+      // The weighted scatter, as the bf16 body: experts in ascending id per element.
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < out_blocks; ++p) {
+        const int64_t c0 = p * kBlock;
+        const int64_t valid = std::min(kBlock, h - c0);
+        for (int64_t t = 0; t < tokens; ++t) std::memset(o + t * h + c0, 0, valid * sizeof(float));
+        for (int64_t i = 0; i < total; ++i) {
+          ScaleAdd(scale[i], y + i * h + c0, o + static_cast<int64_t>(rows[i]) * h + c0, valid);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  struct QuantizedWorkspace {
+    std::vector<float> x_rows, x_sums, gate_up_out, act, act_sums, down_out;
+    std::vector<int32_t> active;
+    std::vector<UpItem> up_items;
+    std::vector<DownItem> down_items;
+  };
+
+  QuantizedGroupedExperts(int64_t experts, int64_t hidden, int64_t inter, WeightQuantization quantization,
+                          size_t expert_bytes, int64_t blocks, int64_t chunk_blocks,
+                          std::vector<PackedInt8Weight> gate_up8, std::vector<PackedInt8Weight> down8,
+                          std::vector<PackedInt4Weight> gate_up4, std::vector<PackedInt4Weight> down4)
+      : GroupedExperts(experts, hidden, inter, Device::kCpu, expert_bytes, quantization),
+        blocks_(blocks),
+        chunk_blocks_(chunk_blocks),
+        gate_up8_(std::move(gate_up8)),
+        down8_(std::move(down8)),
+        gate_up4_(std::move(gate_up4)),
+        down4_(std::move(down4)) {}
+
+  // dst[0, n) = t's elements [first, first + n) as f32.
+  static void Widen(const Tensor& t, int64_t first, int64_t n, float* dst) {
+    switch (t.dtype()) {
+      case DType::kBF16:
+        for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(t.data<uint16_t>()[first + i]);
+        break;
+      case DType::kF16:
+        for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(t.data<uint16_t>()[first + i]);
+        break;
+      default:
+        std::memcpy(dst, t.data<float>() + first, n * sizeof(float));
+    }
+  }
+
+  int64_t blocks_;        // 32-column blocks of the intermediate size
+  int64_t chunk_blocks_;  // blocks per gate-up item: group_size / 32 for int4, else 1
+  std::vector<PackedInt8Weight> gate_up8_, down8_;  // int8: [2·32·blocks, H] interleaved, [H, I]
+  std::vector<PackedInt4Weight> gate_up4_, down4_;  // int4: the same shapes
+};
+
 // Other weight dtypes (f32 through oneDNN): the per-expert loop, with its buffers kept.
 class LinearGroupedExperts final : public GroupedExperts {
  public:
@@ -355,9 +604,12 @@ absl::StatusOr<std::vector<uint64_t>> ReadExpertTokenCounterBody<Device::kCpu>(c
 
 template <>
 absl::StatusOr<std::unique_ptr<GroupedExperts>> CreateGroupedExpertsBody<Device::kCpu>(
-    absl::Span<const Tensor> gate_up, absl::Span<const Tensor> down) {
+    absl::Span<const Tensor> gate_up, absl::Span<const Tensor> down, const LinearOptions& options) {
   using cpu::LinearGroupedExperts;
   using cpu::PackedGroupedExperts;
+  if (options.quantization != WeightQuantization::kNone) {
+    return cpu::QuantizedGroupedExperts::Create(gate_up, down, options);
+  }
   bool all_bf16 = true;
   for (size_t e = 0; e < gate_up.size(); ++e) {
     all_bf16 = all_bf16 && gate_up[e].dtype() == DType::kBF16 && down[e].dtype() == DType::kBF16;
@@ -368,9 +620,9 @@ absl::StatusOr<std::unique_ptr<GroupedExperts>> CreateGroupedExpertsBody<Device:
   }
   std::vector<std::unique_ptr<Linear>> gu, dn;
   for (size_t e = 0; e < gate_up.size(); ++e) {
-    auto g = Linear::Create(gate_up[e], Device::kCpu);
+    auto g = Linear::Create(gate_up[e], Device::kCpu, options);
     if (!g.ok()) return g.status();
-    auto d = Linear::Create(down[e], Device::kCpu);
+    auto d = Linear::Create(down[e], Device::kCpu, options);
     if (!d.ok()) return d.status();
     gu.push_back(*std::move(g));
     dn.push_back(*std::move(d));

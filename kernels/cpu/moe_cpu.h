@@ -15,6 +15,7 @@
 #include "absl/types/span.h"
 #include "kernels/dispatch.h"
 #include "kernels/moe.h"
+#include "kernels/ops.h"
 #include "kernels/tensor.h"
 
 namespace sluice::kernels {
@@ -24,9 +25,11 @@ SLUICE_DECLARE_DEVICE_BODY(absl::Status, AlignRowsByExpert, "AlignRowsByExpert",
                            Tensor* sorted_weights, Tensor* expert_tokens);
 SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<std::vector<uint64_t>>, ReadExpertTokenCounter,
                            "ReadExpertTokenCounter", const Tensor& expert_tokens);
-// gate_up and down: host tensors, checked for shape and dtype.
+// gate_up and down: host tensors, checked for shape and dtype; options: a positive int4
+// group size checked (the body checks the sizes its format supports).
 SLUICE_DECLARE_DEVICE_BODY(absl::StatusOr<std::unique_ptr<GroupedExperts>>, CreateGroupedExperts,
-                           "GroupedExperts", absl::Span<const Tensor> gate_up, absl::Span<const Tensor> down);
+                           "GroupedExperts", absl::Span<const Tensor> gate_up, absl::Span<const Tensor> down,
+                           const LinearOptions& options);
 
 }  // namespace sluice::kernels
 
