@@ -164,11 +164,10 @@ int main(int argc, char** argv) {
   // Recurrent state of the linear-attention layers: read and written once per step.
   const double state_bytes = 2.0 * batch * static_cast<double>((*model)->StateShape().BytesPerSlot());
   // WeightBytesPerToken counts k experts per MoE layer (one token's read); replace those
-  // with the distinct experts the steps actually routed to. Experts are packed as bf16
-  // when the checkpoint is bf16 and as f32 otherwise.
+  // with the distinct experts the steps actually routed to, at their packed size (bf16,
+  // f32, or the --quantization width).
   const int64_t moe_layers = static_cast<int64_t>(expert_counts.size());
-  const double expert_bytes = 3.0 * c.hidden_size * c.moe.expert_intermediate_size *
-                              (c.weight_dtype == "bfloat16" ? 2 : 4);
+  const double expert_bytes = static_cast<double>((*model)->ExpertWeightBytes());
   const double per_token_weights = static_cast<double>((*model)->WeightBytesPerToken());
   const double distinct_per_layer = moe_layers > 0 ? distinct_experts / steps / moe_layers : 0;
   const double weight_bytes = per_token_weights - moe_layers * c.moe.experts_per_token * expert_bytes +

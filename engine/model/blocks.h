@@ -137,6 +137,8 @@ class FeedForward {
   virtual double FlopsPerToken() const = 0;
   // Tokens routed to each expert since load (MoE only; empty otherwise). Thread-safe.
   virtual std::vector<uint64_t> ExpertTokenCounts() const { return {}; }
+  // Bytes one routed expert's weights take as packed (MoE only; 0 otherwise).
+  virtual size_t ExpertWeightBytes() const { return 0; }
 };
 
 // Rotary tables shared by every attention layer: cos | sin per position.

@@ -394,6 +394,13 @@ double CausalLm::GateFlopsPerToken() const {
 
 uint64_t CausalLm::WeightBytesPerToken() const { return weight_bytes_per_token_; }
 
+size_t CausalLm::ExpertWeightBytes() const {
+  for (const auto& layer : layers_) {
+    if (const size_t bytes = layer.ffn->ExpertWeightBytes(); bytes > 0) return bytes;
+  }
+  return 0;
+}
+
 std::vector<std::pair<int32_t, std::vector<uint64_t>>> CausalLm::ExpertTokenCounts() const {
   std::vector<std::pair<int32_t, std::vector<uint64_t>>> out;
   for (size_t i = 0; i < layers_.size(); ++i) {

@@ -98,6 +98,9 @@ class CausalLm : public LanguageModel {
   // Tokens routed to each expert since load, per MoE layer: {layer index, counts per
   // expert}. Thread-safe; read while the engine runs (metrics).
   std::vector<std::pair<int32_t, std::vector<uint64_t>>> ExpertTokenCounts() const;
+  // Bytes one routed expert takes as packed (bf16, f32, int8 or int4; 0 without MoE):
+  // what a step reads per distinct expert it routes to.
+  size_t ExpertWeightBytes() const;
 
  private:
   struct Layer {

@@ -56,7 +56,7 @@ class MoeFeedForward : public FeedForward {
   int64_t top_k() const { return top_k_; }
   double ExpertFlopsPerToken() const { return experts_->ExpertFlopsPerToken(); }
   // Weight bytes one expert reads (what each distinct routed expert costs a step).
-  size_t ExpertWeightBytes() const { return experts_->ExpertWeightBytes(); }
+  size_t ExpertWeightBytes() const override { return experts_->ExpertWeightBytes(); }
   // Tokens routed to each expert since load (expert load metrics). Thread-safe: the
   // device counter is updated with relaxed atomics and read the same way.
   std::vector<uint64_t> ExpertTokenCounts() const;
