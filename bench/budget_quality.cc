@@ -53,6 +53,11 @@ ABSL_FLAG(int32_t, context, 512, "Prompt length of the prefill timing and the de
 ABSL_FLAG(int32_t, decode_tokens, 32, "Decode steps to time");
 ABSL_FLAG(int32_t, repeats, 3, "Timed rounds over all settings (each setting's best is reported)");
 ABSL_FLAG(int32_t, threads, 2, "Threads (0: all cores)");
+ABSL_FLAG(std::string, quantization, "none",
+          "Weights quantized at load (none, int8, int4, as sluiced): every row is then scored "
+          "against the logits of a second, unquantized load of the same checkpoint");
+ABSL_FLAG(int32_t, int4_group_size, 128, "With --quantization int4: inputs per group (32, 64 or 128)");
+ABSL_FLAG(bool, quantize_embeddings, true, "With --quantization: the embedding and LM head too");
 
 namespace {
 
@@ -179,9 +184,24 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_threads) > 0) sluice::kernels::SetNumThreads(absl::GetFlag(FLAGS_threads));
   const std::string dir = absl::GetFlag(FLAGS_model);
-  auto loaded = sluice::engine::LoadServingModel(dir, sluice::kernels::Device::kCpu);
+  auto quantization = sluice::kernels::ParseWeightQuantization(absl::GetFlag(FLAGS_quantization));
+  Check(quantization.status());
+  sluice::engine::ModelLoadOptions load_options;
+  load_options.quantization = *quantization;
+  load_options.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
+  load_options.quantize_embeddings = absl::GetFlag(FLAGS_quantize_embeddings);
+  auto loaded = sluice::engine::LoadServingModel(dir, sluice::kernels::Device::kCpu, load_options);
   Check(loaded.status());
   CausalLm& model = **loaded;
+  // The reference distribution: the same checkpoint as stored (the model itself when it
+  // is not quantized).
+  std::unique_ptr<CausalLm> unquantized;
+  if (*quantization != sluice::kernels::WeightQuantization::kNone) {
+    auto ref = sluice::engine::LoadServingModel(dir, sluice::kernels::Device::kCpu);
+    Check(ref.status());
+    unquantized = *std::move(ref);
+  }
+  CausalLm& reference = unquantized != nullptr ? *unquantized : model;
   auto tokenizer = sluice::tokenizer::Tokenizer::LoadFromDirectory(dir);
   Check(tokenizer.status());
   std::ifstream in(absl::GetFlag(FLAGS_text));
@@ -209,6 +229,8 @@ int main(int argc, char** argv) {
               dir.c_str(), model.config().model_type.c_str(), static_cast<long>(layers),
               sluice::kernels::NumThreads(), ids.size(), num_windows, window,
               model.has_residual_gates() ? (", GateSkip calibration: " + model.calibration_source()).c_str() : "");
+  std::printf("weights: %s%s\n", model.weight_format().c_str(),
+              &reference != &model ? " (scored against the unquantized checkpoint)" : "");
 
   // The settings. Every control the model honours; the dense one first.
   std::vector<Setting> settings;
@@ -260,12 +282,16 @@ int main(int argc, char** argv) {
   std::vector<Quality> quality(settings.size());
   for (int32_t w = 0; w < num_windows; ++w) {
     std::vector<int32_t> win(ids.begin() + w * window, ids.begin() + (w + 1) * window);
+    if (&reference != &model) {
+      Caches c = MakeCaches(reference, window);
+      Step(reference, c, win, 0, window, nullptr, true, &dense_logits[w], nullptr);
+    }
     for (size_t i = 0; i < settings.size(); ++i) {
       Caches c = MakeCaches(model, window);
       std::vector<float> logits;
       double saved = 0;
       Step(model, c, win, 0, window, settings[i].get(), true, &logits, &saved);
-      if (i == 0) dense_logits[w] = logits;
+      if (i == 0 && &reference == &model) dense_logits[w] = logits;
       Quality& q = quality[i];
       q.dense_flops += model.DenseFlops(0, window);
       q.saved_flops += saved;
