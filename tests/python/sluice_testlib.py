@@ -6,6 +6,7 @@ environment: SLUICE_BIN_DIR (built binaries), SLUICE_SOURCE_DIR (the checkout) a
 SLUICE_TEST_DATA_DIR (tests/data).
 """
 
+import faulthandler
 import os
 import re
 import signal
@@ -22,6 +23,24 @@ TEST_DATA_DIR = os.environ.get("SLUICE_TEST_DATA_DIR", os.path.join(SOURCE_DIR, 
 DEMO_MODEL = os.path.join(SOURCE_DIR, "deploy", "models", "sluice-tiny")
 
 _stub_dir = None
+
+
+def _arm_watchdog():
+    """Prints every thread's stack and exits 15 s before CTest's timeout would kill the test.
+
+    CTest passes the test's TIMEOUT as SLUICE_TEST_TIMEOUT. A hang then ends with the stack
+    that hung (and the test's daemons, started with die_with_parent, die with it) instead of
+    a bare "Timeout" and no clue.
+    """
+    try:
+        limit = float(os.environ.get("SLUICE_TEST_TIMEOUT", "0"))
+    except ValueError:
+        return
+    if limit > 30:
+        faulthandler.dump_traceback_later(limit - 15, exit=True)
+
+
+_arm_watchdog()
 
 
 def stubs():
