@@ -4,8 +4,11 @@
 // of packed bytes read, next to this run's streaming-read bandwidth.
 //
 // "cold" rotates through enough copies of the weight to overflow the caches (what a
-// decode step sees); "hot" repeats one copy (cache-resident where it fits).
+// decode step sees); "hot" repeats one copy (cache-resident where it fits). --rows=64,512
+// gives prefill-like shapes; --int4_body forces one int4 body (default: the fastest the
+// CPU runs; all give the same bits).
 //   sluice-bench-int4-gemv [--threads=2] [--reps=30] [--rows=1,4,12] [--no_lm_head]
+//                          [--int4_body=vnni|bw|scalar]
 #include <omp.h>
 
 #include <algorithm>
@@ -30,6 +33,7 @@ using sluice::kernels::DType;
 using sluice::kernels::F32ToBf16;
 using sluice::kernels::cpu::GemmF32Bf16;
 using sluice::kernels::cpu::GemmF32Int4;
+using sluice::kernels::cpu::Int4Kernel;
 using sluice::kernels::cpu::PackedBf16Weight;
 using sluice::kernels::cpu::PackedInt4Weight;
 
@@ -61,7 +65,7 @@ void Report(const char* shape, const char* mode, const std::string& kernel, int6
 }
 
 void RunShape(const char* name, int64_t n, int64_t k, int reps,
-              const std::vector<int64_t>& row_counts) {
+              const std::vector<int64_t>& row_counts, Int4Kernel body) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.f, 0.02f);
   std::vector<uint16_t> w(static_cast<size_t>(n * k));
@@ -95,7 +99,7 @@ void RunShape(const char* name, int64_t n, int64_t k, int reps,
         std::vector<PackedInt4Weight> qc(static_cast<size_t>(copies - 1), q);
         auto weight = [&](int i) -> const PackedInt4Weight& { return i == 0 ? q : qc[i - 1]; };
         const Timing t = TimeCalls(
-            reps, copies, [&](int i) { GemmF32Int4(x.data(), m, weight(i), y.data(), n); });
+            reps, copies, [&](int i) { GemmF32Int4(x.data(), m, weight(i), y.data(), n, body); });
         Report(name, mode, "int4 g" + std::to_string(q.group_size()), m, q.bytes(), t, tb);
       }
     }
@@ -108,6 +112,7 @@ int main(int argc, char** argv) {
   int threads = 2, reps = 30;
   std::vector<int64_t> rows = {1, 4, 12};
   bool lm_head = true;
+  Int4Kernel body = Int4Kernel::kAuto;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--rows=", 7) == 0) {  // comma-separated row counts M
       rows.clear();
@@ -118,19 +123,22 @@ int main(int argc, char** argv) {
       }
     }
     if (std::strcmp(argv[i], "--no_lm_head") == 0) lm_head = false;
+    if (std::strcmp(argv[i], "--int4_body=vnni") == 0) body = Int4Kernel::kVnni;
+    if (std::strcmp(argv[i], "--int4_body=bw") == 0) body = Int4Kernel::kAvx512Bw;
+    if (std::strcmp(argv[i], "--int4_body=scalar") == 0) body = Int4Kernel::kScalar;
     if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
     if (std::strncmp(argv[i], "--reps=", 7) == 0) reps = std::atoi(argv[i] + 7);
   }
   omp_set_num_threads(threads);
-  std::printf("threads %d, reps %d, AVX-512 int4 body: %s\n", threads, reps,
-              sluice::kernels::cpu::Int4Avx512Available() ? "yes" : "no (portable)");
+  std::printf("threads %d, reps %d, int4 body: %s\n", threads, reps,
+              sluice::kernels::cpu::Int4KernelName(sluice::kernels::cpu::Int4SelectedKernel(body)));
   std::printf("streaming read bandwidth: %.1f GB/s\n",
               sluice::bench::MeasureReadBandwidth(threads) / 1e9);
-  RunShape("4096x1024", 4096, 1024, reps, rows);  // N×K: an up/gate projection of a 1024-wide model
-  RunShape("1024x4096", 1024, 4096, reps, rows);  // its down projection
+  RunShape("4096x1024", 4096, 1024, reps, rows, body);  // N×K: an up/gate projection, 1024 wide
+  RunShape("1024x4096", 1024, 4096, reps, rows, body);  // its down projection
   if (lm_head)
     RunShape("151936x1024", 151936, 1024, std::max(5, reps / 3),
-             rows);  // a Qwen-vocabulary LM head
+             rows, body);  // a Qwen-vocabulary LM head
   std::printf("streaming read bandwidth: %.1f GB/s\n",
               sluice::bench::MeasureReadBandwidth(threads) / 1e9);
   return 0;

@@ -7,9 +7,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
 #include "kernels/cpu/gemm_int8_cpu.h"
 #include "kernels/cpu/ops_cpu.h"
@@ -63,6 +68,49 @@ absl::StatusOr<WeightQuantization> ParseWeightQuantization(absl::string_view nam
   if (name == "int4") return WeightQuantization::kInt4;
   return absl::InvalidArgumentError(
       absl::StrCat("quantization \"", name, "\": must be none, int8 or int4"));
+}
+
+namespace {
+constexpr std::pair<LinearPart, absl::string_view> kLinearPartNames[] = {
+    {kLinearPartLmHead, "lm_head"},
+    {kLinearPartDeltaNetInput, "delta_net_in"},
+    {kLinearPartAttentionInput, "attention_in"},
+};
+}  // namespace
+
+absl::StatusOr<uint32_t> ParseLinearParts(absl::string_view names) {
+  uint32_t parts = 0;
+  for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipWhitespace())) {
+    name = absl::StripAsciiWhitespace(name);
+    bool known = false;
+    for (const auto& [part, part_name] : kLinearPartNames) {
+      if (name == part_name) {
+        parts |= part;
+        known = true;
+      }
+    }
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "projection part \"", name, "\": must be one of lm_head, delta_net_in, attention_in"));
+    }
+  }
+  return parts;
+}
+
+std::string LinearPartNames(uint32_t parts) {
+  std::vector<absl::string_view> names;
+  for (const auto& [part, part_name] : kLinearPartNames) {
+    if (parts & part) names.push_back(part_name);
+  }
+  return absl::StrJoin(names, ",");
+}
+
+LinearOptions OptionsForPart(const LinearOptions& options, LinearPart part) {
+  LinearOptions o = options;
+  if (o.quantization == WeightQuantization::kInt4 && (o.int4_int8_parts & part)) {
+    o.quantization = WeightQuantization::kInt8;
+  }
+  return o;
 }
 
 ScopedLinearOptions::ScopedLinearOptions(const LinearOptions& options)

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -36,16 +37,34 @@ MatmulPrecision GetMatmulPrecision();
 //  kNone: as the checkpoint has it (bf16 stays bf16, f32/f16 become f32);
 //  kInt8: symmetric int8, one f32 scale per output channel (cpu/gemm_int8_cpu.h);
 //  kInt4: 4-bit, one scale per group of group_size inputs (cpu/gemm_int4_cpu.h).
-// Activations and accumulation stay f32 in every format.
+// int8 keeps activations and accumulation in f32; int4 quantizes the activations to int8
+// per 32 inputs and sums the products as integers (cpu/gemm_int4_cpu.h).
 enum class WeightQuantization { kNone, kInt8, kInt4 };
 absl::string_view WeightQuantizationName(WeightQuantization q);  // "none", "int8", "int4"
 // "none" | "int8" | "int4"; anything else is INVALID_ARGUMENT naming the choices.
 absl::StatusOr<WeightQuantization> ParseWeightQuantization(absl::string_view name);
 
+// Projections that `--quantization int4` can keep at int8 instead (--int4_int8_parts),
+// as llama.cpp's Q4_K_M keeps its output tensor and some attention tensors at 6–8 bits.
+// What each costs and gains on the trained demo model: README "Quantized weights".
+enum LinearPart : uint32_t {
+  kLinearPartLmHead = 1u << 0,            // "lm_head"
+  kLinearPartDeltaNetInput = 1u << 1,     // "delta_net_in": the Gated DeltaNet's fused in_proj
+  kLinearPartAttentionInput = 1u << 2,    // "attention_in": attention's fused q|k|v(|gate)
+};
+// "lm_head,delta_net_in,..." (any order, "" for none) → the bits; an unknown name is
+// INVALID_ARGUMENT listing the names.
+absl::StatusOr<uint32_t> ParseLinearParts(absl::string_view names);
+std::string LinearPartNames(uint32_t parts);  // the names, comma-separated, in bit order
+
 struct LinearOptions {
   WeightQuantization quantization = WeightQuantization::kNone;
   int64_t group_size = 128;  // inputs per scale for kInt4
+  uint32_t int4_int8_parts = 0;  // LinearPart bits kept at int8 under kInt4
 };
+// The options a projection of `part` is created with: `options`, at int8 when it is int4
+// and options.int4_int8_parts names the part.
+LinearOptions OptionsForPart(const LinearOptions& options, LinearPart part);
 
 // y[M, N] = x[M, K] · Wᵀ for a weight stored as Hugging Face does, [N, K]. The weight
 // is converted once at creation into whatever layout the device's GEMM reads fastest.

@@ -1,16 +1,16 @@
-// f32-activation × 4-bit group-wise weight GEMM/GEMV, f32 accumulation, for
-// `--quantization int4`. Decoding reads every weight once per step, so bytes per
-// weight set its speed: 4 bits plus one bf16 scale and one bf16 minimum per group.
+// 4-bit group-wise weight GEMM/GEMV for `--quantization int4`, f32 in and out: the
+// activations are quantized to int8 per 32 K and the products summed as exact integers.
+// Decoding reads every weight once per step, so bytes per weight set its speed: 4 bits
+// plus one bf16 scale and one bf16 minimum per group.
 //
 // Format (asymmetric, per group of `group_size` consecutive K of one output column):
-//   lo = min_k w, hi = max_k w over the group;
-//   m  = bf16(lo) rounded toward −∞ (so m ≤ lo);
-//   s  = bf16((hi − m) / 15) rounded toward +∞ (so hi − m ≤ 15·s), s = 0 for a
-//        constant group;
+//   (s, m) = the bf16 scale and minimum kernels/cpu/int4_fit.h fits to the group
+//            (least squares over its codes, kept only when its squared error is below
+//            min-max's; s = 0 for a constant group);
 //   q  = clamp(round((w − m) / s), 0, 15)   (round half away from zero; q = 0 if s = 0);
 //   dequant(w) = s·q + m.
-// The directed roundings of s and m mean no weight is clamped, so
-// |w − dequant(w)| ≤ s/2 (plus f32 rounding of the division) for every element.
+// A fitted pair may clamp a group's extreme weights; its squared error is never above
+// min-max's (m = lo rounded down, s = (hi − m)/15 rounded up: every |w − dequant(w)| ≤ s/2).
 //
 // Layout: panels of 32 output columns, as PackedBf16Weight, each one sequential stream:
 //   for each group: two 64-byte lines of (s, m) bf16 pairs (32-bit lane j: s in the low
@@ -20,20 +20,45 @@
 // K is zero-padded to a multiple of 8 inside its last group (those x are taken as 0)
 // and N to a multiple of 32 (zero scale and minimum: the padded outputs are 0).
 //
-// Kernel (AVX-512): one load gives 16 columns × 8 K; nibble i is a shift by 4i and a
-// vpermps from a 16-entry table of the floats 0..15 (vpermps reads only the index's
-// low 4 bits, so no mask and no int→float conversion). Up to 10 rows share each decoded
-// weight vector (12 spilled registers and ran slower); at 1 to 3 rows, 4 or 2 panels
-// are interleaved so enough independent FMA chains hide the FMA latency. The broadcast
-// activations are accumulated against q per group, then the group is folded in:
-//   a_g = Σ_{k∈g} x_k·q_k (one fma chain, k ascending),
-//   y   = fma(m_g, Σ_{k∈g} x_k, fma(s_g, a_g, y))   (groups ascending).
-// At M = 1 this is bound by arithmetic, not bandwidth: one Zen 4 core decodes ~16-18 GB/s
-// of packed bytes (2-thread bursts reached 27-36), 2.1-2.5× the bf16 kernel's time on
-// weights far larger than the caches (bench/int4_gemv_bench.cc, a heavily loaded machine).
-// Every output is that one sequential chain whatever the number of rows M, so a row's
-// result does not depend on the batch it shares; the scalar fallback (no AVX-512 in
-// the build or the CPU) computes the same chain with std::fma and gives the same bits.
+// Numerics (one definition; every body gives the same bits). Per row x of the
+// activations (f32, length K), once per call (the per-row prologue, Int4QuantizeRow):
+//   blocks b of 32 consecutive K (k = 32b .. 32b+31; a group of 32, 64 or 128 holds 1, 2
+//   or 4 whole blocks, the last group's last block may be short; the missing x are 0):
+//   d_b = max_{k∈b} |x_k| / 127                 (one f32 division; NaN x ignored in the max)
+//   q_k = clamp(round(x_k / d_b), −127, 127)     (f32 division, not a multiply by 1/d_b;
+//                                                round half away from zero; q_k = 0 when
+//                                                d_b = 0 or x_k / d_b is NaN)
+//   xsum_g = Σ_{k∈g} x_k                         (f32, k ascending: Int4GroupSums)
+// Per output column c and weight group g (codes c_k in 0..15, scale s_g, minimum m_g):
+//   i_b = Σ_{k∈b} q_k·c_k                        (exact int32, |i_b| ≤ 32·127·15)
+//   a_g = fma(d_b, float(i_b), a_g) over the blocks b of g ascending, from a_g = 0
+//   y   = fma(m_g, xsum_g, fma(s_g, a_g, y)) over the groups ascending, from y = 0.
+// So y = Σ_k dequant(w)_k·x̂_k up to f32 rounding of the chain, with x̂_k = d_b·q_k in
+// the scale term and the exact x in the minimum term (|x_k − x̂_k| ≤ d_b·(1/2 + 2⁻¹⁷)).
+// Non-finite x make the group's outputs non-finite (through xsum and d_b).
+//
+// The quantized row (the pieces API below): int8 q, row stride padded_k(), each block of
+// 8 K stored as (q0, q2, q4, q6, q1, q3, q5, q7) so that one broadcast 32-bit load
+// matches the low or the high nibbles of a weight lane; zero past K. Then
+// Int4ActivationBlocks(K) scales d_b and num_groups() sums per row.
+//
+// Bodies, chosen at run time (Int4SelectedKernel; builds with the AVX-512 flags, CPU
+// checked with cpuid): AVX-512 VNNI (vpdpbusd: unsigned codes × signed activations, 4
+// products per 32-bit lane), AVX-512BW without VNNI (vpmaddubsw into int16 lanes, at most
+// 16 products of |15·127| per lane per block, 30480 < 2¹⁵, then vpmaddwd by 1: exact), and
+// scalar integer loops. Per block of 8 K one 64-byte load gives 16 columns; its low
+// nibbles (& 0x0F0F0F0F) are k = 0, 2, 4, 6 and its high nibbles (>> 4, masked) k = 1, 3,
+// 5, 7. Up to 6 rows share each decoded weight vector (their int32 and f32 accumulators
+// fill the 32 registers); at 1 or 2 rows, 4 or 2 panels are interleaved for enough
+// independent chains and streams. The integer sums are exact and the f32 chain is the
+// same in every body, so the bodies agree bit for bit, and every output is one chain
+// whatever the number of rows M: a row's result does not depend on the batch it shares.
+// Measured (bench/int4_gemv_bench.cc, 2-core Zen 4, loaded machine, 4096×1024 and
+// 1024×4096): at M = 1 one core decodes 40-58 GB/s of cache-resident packed bytes (the
+// f32-activation kernel before it: 14-19), two cores 70-93 GB/s (25-35), so weights far
+// larger than the caches run at about the streaming bandwidth; M = 64 and 512 on two
+// cores take ~0.3× the f32-activation kernel's time. The AVX-512BW body reaches ~35-39
+// GB/s per core at M = 1 and half the VNNI body's speed at M = 64.
 #ifndef SLUICE_KERNELS_CPU_GEMM_INT4_CPU_H_
 #define SLUICE_KERNELS_CPU_GEMM_INT4_CPU_H_
 
@@ -89,27 +114,49 @@ class PackedInt4Weight {
   std::vector<uint32_t> data_;
 };
 
-// True when this build and CPU run the AVX-512 body (else the scalar one, same bits).
+// The bodies. kAuto: the fastest this build and CPU run (or the one
+// SetInt4KernelForTesting forced); a body the build or CPU lacks falls back to the next
+// (VNNI → AVX-512BW → scalar). All give the same bits.
+enum class Int4Kernel { kAuto, kVnni, kAvx512Bw, kScalar };
+const char* Int4KernelName(Int4Kernel body);
+bool Int4KernelAvailable(Int4Kernel body);  // kAuto and kScalar always
+Int4Kernel Int4SelectedKernel(Int4Kernel requested = Int4Kernel::kAuto);  // never kAuto
+// Test hook: kAuto resolves to `body` process-wide until reset with kAuto.
+void SetInt4KernelForTesting(Int4Kernel body);
+// True when this build and CPU run an AVX-512 body (VNNI or BW; else scalar, same bits).
 bool Int4Avx512Available();
 
-// y[r, c] = Σ_k x[r, k] · dequant(w)[c, k] for r < m and c < w.n(), summed as the
-// header says. x: f32 [m, w.k()] (row stride w.k()); y: f32 with row stride ldy.
-// Threads over panels with OpenMP. portable forces the scalar body (tests compare the two).
+// y[r, c] = Σ_k x[r, k] · dequant(w)[c, k] for r < m and c < w.n(), computed as the
+// header says (x quantized per 32 K; w.group_size() a multiple of 32, as the Linear's 32,
+// 64 or 128). x: f32 [m, w.k()] (row stride w.k()); y: f32 with row stride ldy. Threads
+// the prologue over rows and the panels with OpenMP.
 void GemmF32Int4(const float* x, int64_t m, const PackedInt4Weight& w, float* y, int64_t ldy,
-                 bool portable = false);
+                 Int4Kernel body = Int4Kernel::kAuto);
 
 // The pieces of GemmF32Int4, for callers that split the work over threads themselves (the
 // grouped-experts op, kernels/cpu/moe_cpu.cc). They never thread and give every output
 // exactly GemmF32Int4's value.
 //
-// sums[g] = Σ_{k∈g} x[k], k ascending, for the groups of group_size over x[0, k): the
-// per-row prologue GemmF32Int4 runs before its panels.
+// Activation blocks of 32 K per row of length k (one scale each).
+inline int64_t Int4ActivationBlocks(int64_t k) { return (k + 31) / 32; }
+// The byte of a quantized row (from its start) that holds activation k.
+inline int64_t Int4ActivationSlot(int64_t k) { return (k & ~int64_t{7}) + (k & 1) * 4 + ((k & 7) >> 1); }
+// sums[g] = Σ_{k∈g} x[k], k ascending, for the groups of group_size over x[0, k).
 void Int4GroupSums(const float* x, int64_t k, int64_t group_size, float* sums);
-// y[r, p·32 + c] for rows r < m, panels p in [p0, p1) and their valid columns c.
-// xp: f32 [m, w.padded_k()], each row x zero-padded past w.k(); sums: [m, w.num_groups()]
-// from Int4GroupSums; y points at row 0, column 0 of the output (row stride ldy).
-void GemmF32Int4Panels(const float* xp, const float* sums, int64_t m, const PackedInt4Weight& w, int64_t p0,
-                       int64_t p1, float* y, int64_t ldy, bool portable = false);
+// The per-row prologue GemmF32Int4 runs before its panels, for x[0, k): q[0, roundup(k, 8))
+// (interleaved, zero past k), d[0, Int4ActivationBlocks(k)) and sums[0, ceil(k / group_size)).
+// x may start at any group boundary of a row (group_size a multiple of 32): the values are
+// those of the whole row's prologue at that offset (q + offset, d + offset/32, sums +
+// offset/group_size). body picks the SIMD or scalar code; both give the same bytes.
+void Int4QuantizeRow(const float* x, int64_t k, int64_t group_size, int8_t* q, float* d, float* sums,
+                     Int4Kernel body = Int4Kernel::kAuto);
+// y[r, p·32 + c] for rows r < m, panels p in [p0, p1) and their valid columns c. Row r's
+// activations: xq + r·w.padded_k(), xd + r·Int4ActivationBlocks(w.k()), xsum +
+// r·w.num_groups(), as Int4QuantizeRow wrote them for the whole row; y points at row 0,
+// column 0 of the output (row stride ldy).
+void GemmInt4Panels(const int8_t* xq, const float* xd, const float* xsum, int64_t m,
+                    const PackedInt4Weight& w, int64_t p0, int64_t p1, float* y, int64_t ldy,
+                    Int4Kernel body = Int4Kernel::kAuto);
 
 // The Linear body for `--quantization int4` on the CPU.
 class Int4Linear final : public Linear {

@@ -240,11 +240,12 @@ class PackedGroupedExperts final : public GroupedExperts {
 // output is that Linear's own chain over K. The result is therefore the per-expert loop
 // over quantized Linears bit for bit, and each row's bits ignore the batch it shares.
 //
-// int4 needs, per activation row, the row padded to 8 K and its group sums (the int4
-// GEMM's prologue). The gathered rows get theirs in the gather loop; the SwiGLU rows in
-// the gate-up item that wrote them, since an item there spans whole groups of the down
-// weight's K (group_size / 32 blocks), and its 2·group_size/32 consecutive panels let the
-// int4 kernel interleave 4 panels at one row. No extra barrier, no extra pass.
+// int4 needs, per activation row, the row quantized to int8 per 32 K, its block scales
+// and its group sums (the int4 GEMM's prologue, Int4QuantizeRow). The gathered rows get
+// theirs in the gather loop; the SwiGLU rows in the gate-up item that wrote them, since
+// an item there spans whole groups of the down weight's K (group_size / 32 blocks), and
+// its 2·group_size/32 consecutive panels let the int4 kernel interleave 4 panels at one
+// row. No extra barrier, no extra pass.
 class QuantizedGroupedExperts final : public GroupedExperts {
  public:
   static absl::StatusOr<std::unique_ptr<GroupedExperts>> Create(absl::Span<const Tensor> gate_up,
@@ -319,18 +320,26 @@ class QuantizedGroupedExperts final : public GroupedExperts {
       return absl::OkStatus();
     }
     const bool int4 = quantization() == WeightQuantization::kInt4;
-    // Row strides: the int4 kernel reads rows padded to 8 K, plus one sum per group.
+    // Row strides: the int4 kernel reads rows quantized to int8 and padded to 8 K, plus
+    // one scale per 32 K and one sum per group.
     const int64_t ld_x = int4 ? gate_up4_[0].padded_k() : h;
     const int64_t groups_h = int4 ? gate_up4_[0].num_groups() : 0;
+    const int64_t blocks_h = int4 ? Int4ActivationBlocks(h) : 0;
     const int64_t ld_gu = 2 * blocks_ * kBlock;
     const int64_t ld_act = int4 ? down4_[0].padded_k() : inter;
     const int64_t groups_i = int4 ? down4_[0].num_groups() : 0;
+    const int64_t blocks_i = int4 ? Int4ActivationBlocks(inter) : 0;
     const int64_t gs = int4 ? gate_up4_[0].group_size() : 0;
+    const Int4Kernel body = Int4SelectedKernel();
     static thread_local QuantizedWorkspace ws;  // as the bf16 body: one per thread, all layers
-    float* xg = Grow(ws.x_rows, total * ld_x);
+    float* xg = int4 ? nullptr : Grow(ws.x_rows, total * ld_x);
+    int8_t* xq = int4 ? Grow(ws.x_q, total * ld_x) : nullptr;
+    float* xd = int4 ? Grow(ws.x_scales, total * blocks_h) : nullptr;
     float* xsum = int4 ? Grow(ws.x_sums, total * groups_h) : nullptr;
     float* gu = Grow(ws.gate_up_out, total * ld_gu);
-    float* act = Grow(ws.act, total * ld_act);
+    float* act = Grow(ws.act, total * ld_act);  // f32 SwiGLU rows (int4: then quantized)
+    int8_t* actq = int4 ? Grow(ws.act_q, total * ld_act) : nullptr;
+    float* actd = int4 ? Grow(ws.act_scales, total * blocks_i) : nullptr;
     float* asum = int4 ? Grow(ws.act_sums, total * groups_i) : nullptr;
     float* y = Grow(ws.down_out, total * h);
     std::vector<int32_t>& active = ws.active;
@@ -369,22 +378,23 @@ class QuantizedGroupedExperts final : public GroupedExperts {
     {
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < total; ++i) {
-        float* dst = xg + i * ld_x;
-        std::memcpy(dst, xs + static_cast<int64_t>(rows[i]) * h, h * sizeof(float));
+        const float* src = xs + static_cast<int64_t>(rows[i]) * h;
         if (int4) {
-          std::fill(dst + h, dst + ld_x, 0.f);
-          Int4GroupSums(dst, h, gs, xsum + i * groups_h);
+          Int4QuantizeRow(src, h, gs, xq + i * ld_x, xd + i * blocks_h, xsum + i * groups_h, body);
+        } else {
+          std::memcpy(xg + i * ld_x, src, h * sizeof(float));
         }
       }
-      // Gate-up, SwiGLU and (int4) the down weight's group sums of the columns written.
+      // Gate-up, SwiGLU and (int4) the down weight's quantized activations of the columns
+      // written.
 #pragma omp for schedule(guided)
       for (int64_t it = 0; it < up_items; ++it) {
         const UpItem& item = up_list[it];
         const int64_t q0 = item.block, q1 = std::min(blocks_, q0 + chunk_blocks_);
         float* g = gu + item.row0 * ld_gu;
         if (int4) {
-          GemmF32Int4Panels(xg + item.row0 * ld_x, xsum + item.row0 * groups_h, item.rows, gate_up4_[item.expert],
-                            2 * q0, 2 * q1, g, ld_gu);
+          GemmInt4Panels(xq + item.row0 * ld_x, xd + item.row0 * blocks_h, xsum + item.row0 * groups_h, item.rows,
+                         gate_up4_[item.expert], 2 * q0, 2 * q1, g, ld_gu, body);
         } else {
           for (int64_t p = 2 * q0; p < 2 * q1; ++p) {
             GemmF32Int8Panel(xg + item.row0 * ld_x, item.rows, gate_up8_[item.expert], p, g, ld_gu);
@@ -401,9 +411,11 @@ class QuantizedGroupedExperts final : public GroupedExperts {
             for (int64_t c = 0; c < valid; ++c) a[c0 + c] = SiluTimes(gr[c], ur[c]);
           }
           if (int4) {
-            if (c_end == inter) std::fill(a + inter, a + ld_act, 0.f);
-            const int64_t c0 = q0 * kBlock;  // a group boundary: chunk_blocks_·32 = group_size
-            Int4GroupSums(a + c0, c_end - c0, gs, asum + (item.row0 + r) * groups_i + c0 / gs);
+            // c0 is a group boundary (chunk_blocks_·32 = group_size); at the row's end the
+            // quantized row is zero-padded to ld_act.
+            const int64_t c0 = q0 * kBlock, row = item.row0 + r;
+            Int4QuantizeRow(a + c0, c_end - c0, gs, actq + row * ld_act + c0,
+                            actd + row * blocks_i + Int4ActivationBlocks(c0), asum + row * groups_i + c0 / gs, body);
           }
         }
       }
@@ -413,8 +425,8 @@ class QuantizedGroupedExperts final : public GroupedExperts {
         const DownItem& item = down_list[it];
         const int64_t r0 = off[item.expert], n = off[item.expert + 1] - r0;
         if (int4) {
-          GemmF32Int4Panels(act + r0 * ld_act, asum + r0 * groups_i, n, down4_[item.expert], item.panel0,
-                            item.panel1, y + r0 * h, h);
+          GemmInt4Panels(actq + r0 * ld_act, actd + r0 * blocks_i, asum + r0 * groups_i, n, down4_[item.expert],
+                         item.panel0, item.panel1, y + r0 * h, h, body);
         } else {
           for (int64_t p = item.panel0; p < item.panel1; ++p) {
             GemmF32Int8Panel(act + r0 * ld_act, n, down8_[item.expert], p, y + r0 * h, h);
@@ -438,6 +450,8 @@ class QuantizedGroupedExperts final : public GroupedExperts {
  private:
   struct QuantizedWorkspace {
     std::vector<float> x_rows, x_sums, gate_up_out, act, act_sums, down_out;
+    std::vector<float> x_scales, act_scales;  // int4: per 32 K of x and of the SwiGLU rows
+    std::vector<int8_t> x_q, act_q;           // int4: those rows quantized
     std::vector<int32_t> active;
     std::vector<UpItem> up_items;
     std::vector<DownItem> down_items;

@@ -1,7 +1,9 @@
 // Quantized routed experts (kernels/moe.h GroupedExperts with LinearOptions int8/int4):
 // the grouped op against a double-precision reference computed from the dequantized
-// expert weights, bit for bit against the per-expert loop over quantized Linears, each
-// row's bits independent of the batch it shares, the byte accounting and errors, the
+// expert weights (int4: and the int8-quantized activations), bit for bit against the
+// per-expert loop over quantized Linears, the int4 VNNI, AVX-512BW and scalar bodies bit
+// for bit against each other, each row's bits independent of the batch it shares (in
+// every int4 body), the byte accounting and errors, the
 // load-time wiring (MoeFeedForward under --quantization), and the MoE golden fixtures
 // loaded with int8 and int4 against transformers' logits.
 #include <algorithm>
@@ -128,10 +130,12 @@ Tensor RunGrouped(GroupedExperts& op, const Tensor& x, const Routing& r) {
 
 // The dequantized weights of one [n, k] weight in a format, with the magnitudes the
 // kernel's rounding error is bounded by: w'[c, j] and |w'|-like terms (int4: |s·q| + |m|,
-// since the kernel sums s·Σx·q and m·Σx apart).
+// since the kernel sums s·Σx̂·q and m·Σx apart), and for int4 the scale part s·q alone
+// (the part the quantized activations x̂ meet).
 struct Dequantized {
+  bool int4 = false;
   int64_t n = 0, k = 0, groups = 1;
-  std::vector<double> w, mag;
+  std::vector<double> w, mag, sq;
 };
 
 Dequantized Dequantize(const Tensor& weight, const LinearOptions& o) {
@@ -141,6 +145,8 @@ Dequantized Dequantize(const Tensor& weight, const LinearOptions& o) {
   d.k = weight.dim(1);
   d.w.resize(d.n * d.k);
   d.mag.resize(d.n * d.k);
+  d.sq.assign(d.n * d.k, 0);
+  d.int4 = o.quantization == WeightQuantization::kInt4;
   if (o.quantization == WeightQuantization::kInt8) {
     const kernels::cpu::PackedInt8Weight p(wf.data<float>(), d.n, d.k);
     for (int64_t c = 0; c < d.n; ++c) {
@@ -158,27 +164,64 @@ Dequantized Dequantize(const Tensor& weight, const LinearOptions& o) {
         const double q = p.code(c, j);
         d.w[c * d.k + j] = s * q + m;  // exact in double: bf16 s and m, q ≤ 15
         d.mag[c * d.k + j] = std::fabs(s * q) + std::fabs(m);
+        d.sq[c * d.k + j] = s * q;
       }
     }
   }
   return d;
 }
 
+// The int4 kernel's activation quantization (kernels/cpu/gemm_int4_cpu.h) of an f32 row,
+// written out plainly: per 32 K, d = max|x|/127, q = clamp(round(x/d), −127, 127) (0 when
+// d = 0); x̂ = d·q.
+std::vector<double> QuantizedActivations(const float* x, int64_t k) {
+  std::vector<double> xh(k);
+  for (int64_t b = 0; b < k; b += 32) {
+    float amax = 0;
+    for (int64_t j = b; j < std::min(k, b + 32); ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    for (int64_t j = b; j < std::min(k, b + 32); ++j) {
+      xh[j] = d == 0 ? 0.0 : static_cast<double>(d) * std::clamp(std::round(x[j] / d), -127.0f, 127.0f);
+    }
+  }
+  return xh;
+}
+
 // y = W'·x in double, and a bound on the f32 kernel's error given errors ex on x: the
 // propagated part Σ mag·ex plus the kernel's own rounding, one f32 chain over K with
 // 2 roundings per group (Higham, Accuracy and Stability of Numerical Algorithms, §3.1:
-// |error| ≤ γ_n Σ|terms|, with γ_n ≈ n·2⁻²⁴), first order.
+// |error| ≤ γ_n Σ|terms|, with γ_n ≈ n·2⁻²⁴), first order. int4 quantizes x per 32 K
+// and meets x̂ in the scale term, the f32 x in the minimum term: with xh (x̂ of an f32 x
+// the test knows exactly, ex = 0) the reference does the same and the bound stays the
+// rounding one; without it (x itself only known to ±ex) the bound adds Σ |s·q|·e_j with
+// e_j = d̄_b·(1/2 + 2⁻¹⁷), d̄_b ≥ the kernel's d_b = max_b |x_f32|/127 (rounded), bounded
+// from max_b (|x| + ex).
 void Apply(const Dequantized& d, const std::vector<double>& x, const std::vector<double>& ex,
-           std::vector<double>* y, std::vector<double>* ey) {
+           std::vector<double>* y, std::vector<double>* ey, const std::vector<double>* xh = nullptr) {
   const double eps = std::ldexp(1.0, -24);
+  std::vector<double> eq(d.k, 0);  // int4 without xh: the activation quantization error
+  if (d.int4 && xh == nullptr) {
+    for (int64_t b = 0; b < d.k; b += 32) {
+      double amax = 0;
+      for (int64_t j = b; j < std::min(d.k, b + 32); ++j) amax = std::max(amax, std::fabs(x[j]) + ex[j]);
+      const double step = amax * (1 + 4 * eps) / 127;
+      for (int64_t j = b; j < std::min(d.k, b + 32); ++j) eq[j] = step * (0.5 + std::ldexp(1.0, -17));
+    }
+  }
   y->assign(d.n, 0);
   ey->assign(d.n, 0);
   for (int64_t c = 0; c < d.n; ++c) {
     double acc = 0, mag = 0, prop = 0;
     for (int64_t j = 0; j < d.k; ++j) {
-      acc += d.w[c * d.k + j] * x[j];
-      mag += d.mag[c * d.k + j] * std::fabs(x[j]);
-      prop += d.mag[c * d.k + j] * ex[j];
+      const int64_t i = c * d.k + j;
+      if (xh != nullptr) {
+        acc += d.sq[i] * (*xh)[j] + (d.w[i] - d.sq[i]) * x[j];  // w' − s·q = m, exact
+        mag += d.mag[i] * std::max(std::fabs(x[j]), std::fabs((*xh)[j]));
+      } else {
+        acc += d.w[i] * x[j];
+        mag += d.mag[i] * std::fabs(x[j]);
+      }
+      prop += d.mag[i] * ex[j] + std::fabs(d.sq[i]) * eq[j];
     }
     (*y)[c] = acc;
     (*ey)[c] = prop + static_cast<double>(d.k + 2 * d.groups + 8) * eps * mag;
@@ -187,8 +230,9 @@ void Apply(const Dequantized& d, const std::vector<double>& x, const std::vector
 
 // The grouped op against the double reference of the same dequantized weights, every
 // output within its worst-case rounding bound (doubled: the bound is first order). The
-// bound is ~1e-6 relative; a wrong scale, minimum, code, column, block interleave or
-// expert moves outputs by ~1e-2 relative or more.
+// bound is ~1e-6 relative (int8; int4 adds the down projection's activation quantization,
+// the gate-up one is followed exactly); a wrong scale, minimum, code, column, block
+// interleave or expert moves outputs by ~1e-2 relative or more.
 void ExpectMatchesDequantizedReference(const Shape& s, const LinearOptions& o, DType dtype) {
   SCOPED_TRACE(Name(o) + " " + std::string(kernels::DTypeName(dtype)) + " T=" + std::to_string(s.tokens) +
                " H=" + std::to_string(s.hidden) + " I=" + std::to_string(s.inter) + " E=" +
@@ -212,13 +256,14 @@ void ExpectMatchesDequantizedReference(const Shape& s, const LinearOptions& o, D
   for (int64_t t = 0; t < s.tokens; ++t) {
     std::vector<double> ref(s.hidden, 0), bound(s.hidden, 0), mag(s.hidden, 0);
     const std::vector<double> xt(x.data<float>() + t * s.hidden, x.data<float>() + (t + 1) * s.hidden);
+    const std::vector<double> xh = QuantizedActivations(x.data<float>() + t * s.hidden, s.hidden);
     const std::vector<double> zero(s.hidden, 0);
     for (int64_t i = 0; i < s.k; ++i) {
       const int32_t e = r.chosen[t * s.k + i];
       if (e < 0) continue;
       const double w = r.weights[t * s.k + i];
       std::vector<double> g, eg;
-      Apply(gu[e], xt, zero, &g, &eg);
+      Apply(gu[e], xt, zero, &g, &eg, gu[e].int4 ? &xh : nullptr);
       std::vector<double> act(s.inter), eact(s.inter);
       for (int64_t j = 0; j < s.inter; ++j) {
         const double gate = g[j], up = g[s.inter + j];
@@ -328,33 +373,86 @@ TEST(QuantizedExpertsTest, BitIdenticalToThePerExpertLoopOverQuantizedLinears) {
   }
 }
 
+// Forces the int4 GEMM body within a scope (kernels/cpu/gemm_int4_cpu.h's test hook),
+// for the grouped op and the Linears alike.
+struct ScopedInt4Body {
+  explicit ScopedInt4Body(kernels::cpu::Int4Kernel body) { kernels::cpu::SetInt4KernelForTesting(body); }
+  ~ScopedInt4Body() { kernels::cpu::SetInt4KernelForTesting(kernels::cpu::Int4Kernel::kAuto); }
+};
+
+// The int4 bodies this build and CPU run (scalar always); kAuto alone for int8.
+std::vector<kernels::cpu::Int4Kernel> Int4Bodies(const LinearOptions& o) {
+  using kernels::cpu::Int4Kernel;
+  if (o.quantization != WeightQuantization::kInt4) return {Int4Kernel::kAuto};
+  std::vector<Int4Kernel> b = {Int4Kernel::kScalar};
+  for (Int4Kernel k : {Int4Kernel::kAvx512Bw, Int4Kernel::kVnni}) {
+    if (kernels::cpu::Int4KernelAvailable(k)) b.push_back(k);
+  }
+  return b;
+}
+
+// The int4 grouped op in each body (VNNI, AVX-512BW, scalar): the same bits, on the
+// shapes with every tail (K odd, I not a multiple of 32 or of the group, batch 1, many
+// rows on one expert).
+TEST(QuantizedExpertsTest, Int4BodiesGiveTheSameBits) {
+  const Shape shapes[] = {kShapes[0], kShapes[1], kShapes[2], kShapes[3], {60, 2048, 64, 2, 2}};
+  for (const LinearOptions& o : kFormats) {
+    if (o.quantization != WeightQuantization::kInt4) continue;
+    for (const Shape& s : shapes) {
+      SCOPED_TRACE(Name(o) + " T=" + std::to_string(s.tokens) + " H=" + std::to_string(s.hidden) +
+                   " I=" + std::to_string(s.inter));
+      const Experts ex = MakeExperts(s, DType::kBF16, 200 + static_cast<uint32_t>(s.tokens));
+      auto op = GroupedExperts::Create(ex.gate_up, ex.down, Device::kCpu, o);
+      ASSERT_TRUE(op.ok()) << op.status();
+      const Tensor x = Make(Randn(s.tokens * s.hidden, 3 + static_cast<uint32_t>(s.hidden)), {s.tokens, s.hidden});
+      const Routing r = RandomRouting(s, 5);
+      Tensor scalar;
+      {
+        ScopedInt4Body body(kernels::cpu::Int4Kernel::kScalar);
+        scalar = RunGrouped(**op, x, r);
+      }
+      for (const kernels::cpu::Int4Kernel b : Int4Bodies(o)) {
+        ScopedInt4Body body(b);
+        const Tensor out = RunGrouped(**op, x, r);
+        EXPECT_EQ(std::memcmp(out.data<float>(), scalar.data<float>(), out.bytes()), 0)
+            << kernels::cpu::Int4KernelName(b);
+      }
+    }
+  }
+  std::printf("int4 bodies compared: %zu\n", Int4Bodies(Options(WeightQuantization::kInt4, 32)).size());
+}
+
 // Batch invariance: many rows on few experts (so an expert's rows fill several kernel
 // calls and, at H = 2048, several L2 row tiles), then each row alone and a few rows
-// together: a row's output is the same bits whatever shares its experts.
+// together: a row's output is the same bits whatever shares its experts (int4: in each
+// body).
 TEST(QuantizedExpertsTest, RowsIgnoreTheBatchTheyShare) {
   const Shape shapes[] = {{26, 72, 96, 3, 2}, {40, 2048, 64, 2, 2}};
   for (const LinearOptions& o : kFormats) {
     for (const Shape& s : shapes) {
-      SCOPED_TRACE(Name(o) + " H=" + std::to_string(s.hidden));
-      const Experts ex = MakeExperts(s, DType::kBF16, 41);
-      auto op = GroupedExperts::Create(ex.gate_up, ex.down, Device::kCpu, o);
-      ASSERT_TRUE(op.ok()) << op.status();
-      const Tensor x = Make(Randn(s.tokens * s.hidden, 43), {s.tokens, s.hidden});
-      const Routing r = RandomRouting(s, 47);
-      const Tensor all = RunGrouped(**op, x, r);
-      auto run_rows = [&](int64_t t0, int64_t n) {
-        const Shape sub{n, s.hidden, s.inter, s.experts, s.k};
-        const Routing rs = Group(sub, {r.chosen.begin() + t0 * s.k, r.chosen.begin() + (t0 + n) * s.k},
-                                 {r.weights.begin() + t0 * s.k, r.weights.begin() + (t0 + n) * s.k});
-        const Tensor xs = Make({x.data<float>() + t0 * s.hidden, x.data<float>() + (t0 + n) * s.hidden}, {n, s.hidden});
-        return RunGrouped(**op, xs, rs);
-      };
-      for (int64_t t = 0; t < s.tokens; ++t) {
-        const Tensor one = run_rows(t, 1);
-        ASSERT_EQ(std::memcmp(one.data<float>(), all.data<float>() + t * s.hidden, s.hidden * 4), 0) << "row " << t;
+      for (const kernels::cpu::Int4Kernel b : Int4Bodies(o)) {
+        ScopedInt4Body body(b);
+        SCOPED_TRACE(Name(o) + " H=" + std::to_string(s.hidden) + " " + kernels::cpu::Int4KernelName(b));
+        const Experts ex = MakeExperts(s, DType::kBF16, 41);
+        auto op = GroupedExperts::Create(ex.gate_up, ex.down, Device::kCpu, o);
+        ASSERT_TRUE(op.ok()) << op.status();
+        const Tensor x = Make(Randn(s.tokens * s.hidden, 43), {s.tokens, s.hidden});
+        const Routing r = RandomRouting(s, 47);
+        const Tensor all = RunGrouped(**op, x, r);
+        auto run_rows = [&](int64_t t0, int64_t n) {
+          const Shape sub{n, s.hidden, s.inter, s.experts, s.k};
+          const Routing rs = Group(sub, {r.chosen.begin() + t0 * s.k, r.chosen.begin() + (t0 + n) * s.k},
+                                   {r.weights.begin() + t0 * s.k, r.weights.begin() + (t0 + n) * s.k});
+          const Tensor xs = Make({x.data<float>() + t0 * s.hidden, x.data<float>() + (t0 + n) * s.hidden}, {n, s.hidden});
+          return RunGrouped(**op, xs, rs);
+        };
+        for (int64_t t = 0; t < s.tokens; ++t) {
+          const Tensor one = run_rows(t, 1);
+          ASSERT_EQ(std::memcmp(one.data<float>(), all.data<float>() + t * s.hidden, s.hidden * 4), 0) << "row " << t;
+        }
+        const Tensor five = run_rows(3, 5);
+        EXPECT_EQ(std::memcmp(five.data<float>(), all.data<float>() + 3 * s.hidden, 5 * s.hidden * 4), 0);
       }
-      const Tensor five = run_rows(3, 5);
-      EXPECT_EQ(std::memcmp(five.data<float>(), all.data<float>() + 3 * s.hidden, 5 * s.hidden * 4), 0);
     }
   }
 }
