@@ -57,6 +57,7 @@ ABSL_FLAG(std::string, quantization, "none",
           "Weights quantized at load (none, int8, int4, as sluiced): every row is then scored "
           "against the logits of a second, unquantized load of the same checkpoint");
 ABSL_FLAG(int32_t, int4_group_size, 128, "With --quantization int4: inputs per group (32, 64 or 128)");
+ABSL_FLAG(std::string, int4_int8_parts, "", "With --quantization int4: projections kept at int8 (lm_head, delta_net_in, attention_in; as sluiced)");
 ABSL_FLAG(bool, quantize_embeddings, true, "With --quantization: the embedding and LM head too");
 
 namespace {
@@ -190,6 +191,14 @@ int main(int argc, char** argv) {
   load_options.quantization = *quantization;
   load_options.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
   load_options.quantize_embeddings = absl::GetFlag(FLAGS_quantize_embeddings);
+  {
+    auto parts = sluice::kernels::ParseLinearParts(absl::GetFlag(FLAGS_int4_int8_parts));
+    if (!parts.ok()) {
+      std::cerr << "--int4_int8_parts: " << parts.status() << "\n";
+      return 1;
+    }
+    load_options.int4_int8_parts = *parts;
+  }
   auto loaded = sluice::engine::LoadServingModel(dir, sluice::kernels::Device::kCpu, load_options);
   Check(loaded.status());
   CausalLm& model = **loaded;

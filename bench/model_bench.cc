@@ -27,6 +27,8 @@ ABSL_FLAG(int32_t, decode_tokens, 32, "Decode steps to time");
 ABSL_FLAG(int32_t, threads, 0, "Threads (0: all cores)");
 ABSL_FLAG(std::string, matmul_precision, "f32", "f32 or bf16 (see kernels/ops.h)");
 ABSL_FLAG(std::string, quantization, "none", "Weights quantized at load: none, int8 or int4 (as sluiced)");
+ABSL_FLAG(int32_t, int4_group_size, 128, "With --quantization int4: inputs per group (32, 64 or 128)");
+ABSL_FLAG(std::string, int4_int8_parts, "", "With --quantization int4: projections kept at int8 (lm_head, delta_net_in, attention_in; as sluiced)");
 ABSL_FLAG(bool, quantize_embeddings, true, "With --quantization: the embedding and LM head too");
 ABSL_FLAG(std::string, kv_cache_dtype, "f32", "KV cache dtype: f32, bf16 or fp8 (sluiced serves bf16)");
 
@@ -66,6 +68,15 @@ int main(int argc, char** argv) {
   }
   load_options.quantization = *quantization;
   load_options.quantize_embeddings = absl::GetFlag(FLAGS_quantize_embeddings);
+  {
+    auto parts = sluice::kernels::ParseLinearParts(absl::GetFlag(FLAGS_int4_int8_parts));
+    if (!parts.ok()) {
+      std::cerr << "--int4_int8_parts: " << parts.status() << "\n";
+      return 1;
+    }
+    load_options.int4_int8_parts = *parts;
+  }
+  load_options.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
   auto model = sluice::engine::LoadServingModel(absl::GetFlag(FLAGS_model), sluice::kernels::Device::kCpu, load_options);
   if (!model.ok()) {
     std::cerr << "cannot load: " << model.status() << "\n";

@@ -22,6 +22,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   ModelLoadOptions load;
   load.quantization = options.quantization;
   load.int4_group_size = options.int4_group_size;
+  load.int4_int8_parts = options.int4_int8_parts;
   load.quantize_embeddings = options.quantize_embeddings;
   SLUICE_ASSIGN_OR_RETURN(engine->model_, LoadServingModel(options.model_dir, options.device, load));
   const int64_t model_max = engine->model_->max_context();

@@ -41,6 +41,7 @@ struct EngineOptions {
   // Load-time weight quantization (ModelLoadOptions, engine/model/causal_lm.h).
   kernels::WeightQuantization quantization = kernels::WeightQuantization::kNone;
   int64_t int4_group_size = 128;
+  uint32_t int4_int8_parts = 0;  // kernels::LinearPart bits an int4 load keeps at int8
   bool quantize_embeddings = true;  // with a quantization: the embedding and LM head too
   int32_t block_size = 16;
   // Prefix caching (engine/cache/prefix_cache.h, SchedulerOptions): full KV blocks shared

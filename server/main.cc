@@ -94,6 +94,13 @@ ABSL_FLAG(std::string, quantization, "none",
           "Weights quantized at load: none (as the checkpoint stores them), int8 (symmetric, "
           "per output channel: half of bf16's bytes) or int4 (group-wise 4-bit). See README "
           "\"Quantized weights\" for what stays in higher precision");
+ABSL_FLAG(int32_t, int4_group_size, 128,
+          "With --quantization int4: inputs per scale and minimum, 32, 64 or 128 (32: 5 bits a "
+          "weight and the closest to the stored model; 128: 4.25 bits and the fastest)");
+ABSL_FLAG(std::string, int4_int8_parts, "",
+          "With --quantization int4: projections kept at int8, comma-separated: lm_head, "
+          "delta_net_in (the Gated DeltaNet's fused in_proj), attention_in (q|k|v|gate). More "
+          "bytes a step, less error; README \"Quantized weights\" has the measurements");
 ABSL_FLAG(bool, quantize_embeddings, true,
           "With --quantization: quantize the embedding table (int8) and the LM head too; "
           "false keeps both as stored");
@@ -230,6 +237,14 @@ int Run() {
   const auto quantization = sluice::kernels::ParseWeightQuantization(absl::GetFlag(FLAGS_quantization));
   if (!quantization.ok()) {
     return Fail("--quantization=" + absl::GetFlag(FLAGS_quantization) + ": must be none, int8 or int4");
+  }
+  const auto int4_int8_parts = sluice::kernels::ParseLinearParts(absl::GetFlag(FLAGS_int4_int8_parts));
+  if (!int4_int8_parts.ok()) {
+    return Fail("--int4_int8_parts=" + absl::GetFlag(FLAGS_int4_int8_parts) + ": " +
+                std::string(int4_int8_parts.status().message()));
+  }
+  if (const int32_t g = absl::GetFlag(FLAGS_int4_group_size); g != 32 && g != 64 && g != 128) {
+    return Fail(absl::StrCat("--int4_group_size=", g, ": must be 32, 64 or 128"));
   }
   if (const int32_t n = absl::GetFlag(FLAGS_max_logprobs); n < 0 || n > 20) {
     return Fail(absl::StrCat("--max_logprobs=", n, ": must be between 0 and 20"));
@@ -373,6 +388,8 @@ int Run() {
                                                  : sluice::kernels::MatmulPrecision::kF32;
   options.quantization = *quantization;
   options.quantize_embeddings = absl::GetFlag(FLAGS_quantize_embeddings);
+  options.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
+  options.int4_int8_parts = *int4_int8_parts;
   options.on_step = [&metrics](const sluice::engine::StepMetrics& step) { metrics.StepFinished(step); };
   const absl::Time load_start = absl::Now();
   auto engine = sluice::engine::Engine::Create(options);

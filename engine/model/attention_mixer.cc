@@ -58,7 +58,9 @@ absl::StatusOr<std::unique_ptr<AttentionMixer>> AttentionMixer::Load(
     SLUICE_ASSIGN_OR_RETURN(q, DeinterleaveQueryGate(q, m->num_heads_, m->head_dim_));
   }
   SLUICE_ASSIGN_OR_RETURN(Tensor qkv, kernels::ConcatRows({q, k, v}));
-  SLUICE_ASSIGN_OR_RETURN(m->qkv_proj_, kernels::Linear::Create(qkv, device));
+  SLUICE_ASSIGN_OR_RETURN(m->qkv_proj_, kernels::Linear::Create(
+                                         qkv, device,
+                                         kernels::OptionsForPart(kernels::DefaultLinearOptions(), kernels::kLinearPartAttentionInput)));
   SLUICE_ASSIGN_OR_RETURN(m->o_proj_, kernels::Linear::Create(o, device));
   if (key_value_only_path) {
     SLUICE_ASSIGN_OR_RETURN(Tensor kv, kernels::ConcatRows({k, v}));

@@ -33,6 +33,8 @@ struct ModelLoadOptions {
   // What stays in higher precision and why: causal_lm.cc, Load.
   kernels::WeightQuantization quantization = kernels::WeightQuantization::kNone;
   int64_t int4_group_size = 128;
+  // kernels::LinearPart bits that an int4 load keeps at int8 (kernels/ops.h).
+  uint32_t int4_int8_parts = 0;
   // With a quantization: the embedding table and the LM head too; false keeps both as
   // the checkpoint stores them (bf16), a third of a 0.8B model's bytes.
   bool quantize_embeddings = true;

@@ -59,7 +59,8 @@ absl::StatusOr<std::unique_ptr<MoeFeedForward>> MoeFeedForward::Load(const Model
     block = prefix + "block_sparse_moe.";
   }
   SLUICE_ASSIGN_OR_RETURN(Tensor router, ckpt.Get(block + "gate.weight", {moe.num_experts, h}));
-  SLUICE_ASSIGN_OR_RETURN(m->router_, kernels::Linear::Create(router, device));
+  // The router and the shared-expert gate stay as stored under --quantization (causal_lm.cc).
+  SLUICE_ASSIGN_OR_RETURN(m->router_, kernels::Linear::Create(router, device, kernels::LinearOptions{}));
 
   // Each expert's stacked [gate | up] and down weights; GroupedExperts packs them all.
   std::vector<Tensor> gate_ups, downs;
@@ -99,7 +100,7 @@ absl::StatusOr<std::unique_ptr<MoeFeedForward>> MoeFeedForward::Load(const Model
     SLUICE_ASSIGN_OR_RETURN(m->shared_expert_, SwiGluFeedForward::Load(ckpt, block + "shared_expert.", h,
                                                                        moe.shared_expert_intermediate_size, device));
     SLUICE_ASSIGN_OR_RETURN(Tensor gate, ckpt.Get(block + "shared_expert_gate.weight", {1, h}));
-    SLUICE_ASSIGN_OR_RETURN(m->shared_expert_gate_, kernels::Linear::Create(gate, device));
+    SLUICE_ASSIGN_OR_RETURN(m->shared_expert_gate_, kernels::Linear::Create(gate, device, kernels::LinearOptions{}));
   }
   SLUICE_ASSIGN_OR_RETURN(m->expert_tokens_, Tensor::Zeros({moe.num_experts}, DType::kI64, device));
   return m;

@@ -80,7 +80,9 @@ absl::StatusOr<std::unique_ptr<GatedDeltaNetMixer>> GatedDeltaNetMixer::Load(
   for (auto* part : {&q, &k, &v, &z, &b, &a}) all.insert(all.end(), part->begin(), part->end());
   if (any.dtype() == DType::kI32) return absl::InvalidArgumentError(prefix + ": int32 projection");
   SLUICE_ASSIGN_OR_RETURN(Tensor fused, FromRows(all, rows, h, any.dtype()));
-  SLUICE_ASSIGN_OR_RETURN(m->in_proj_, kernels::Linear::Create(fused, device));
+  SLUICE_ASSIGN_OR_RETURN(m->in_proj_, kernels::Linear::Create(
+                                           fused, device,
+                                           kernels::OptionsForPart(kernels::DefaultLinearOptions(), kernels::kLinearPartDeltaNetInput)));
   SLUICE_ASSIGN_OR_RETURN(Tensor out, ckpt.Get(prefix + "out_proj.weight", {h, l.value_dim()}));
   SLUICE_ASSIGN_OR_RETURN(m->out_proj_, kernels::Linear::Create(out, device));
   SLUICE_ASSIGN_OR_RETURN(Tensor conv, ckpt.Get(prefix + "conv1d.weight", {l.conv_dim(), 1, l.conv_kernel}));

@@ -49,6 +49,24 @@ class QuantizationTest(unittest.TestCase):
                 self.assertEqual(len(out), 5)
                 self.assertTrue(all(0 <= t < info.vocab_size for t in out), out)
 
+    def test_int4_group_size_and_int8_parts(self):
+        flags = ["--quantization=int4", "--int4_group_size=32", "--int4_int8_parts=lm_head,attention_in"]
+        with tl.Daemon(model_dir=QWEN3_BF16, args=flags, metrics=False) as d:
+            info = model_info(d)
+            self.assertEqual(info.quantization, "int4")
+            self.assertIn("32 per group", info.weight_format)
+            self.assertIn("LM head int8", info.weight_format)
+            self.assertIn("int8: attention_in", info.weight_format)
+            out = generate_ids(d, [1, 2, 3, 4], 5)
+            self.assertEqual(len(out), 5)
+            self.assertTrue(all(0 <= t < info.vocab_size for t in out), out)
+        for bad, message in (("--int4_int8_parts=lm_head,mlp", 'projection part "mlp"'),
+                             ("--int4_group_size=48", "--int4_group_size=48: must be 32, 64 or 128")):
+            with self.subTest(flag=bad):
+                r = self.run_sluiced(f"--model={QWEN3_BF16}", "--quantization=int4", bad)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(message, r.stderr)
+
     def run_sluiced(self, *args):
         return subprocess.run([os.path.join(tl.BIN_DIR, "sluiced"), "--listen=127.0.0.1:0", "--metrics_listen=",
                                "--http_listen=", *args], capture_output=True, text=True, timeout=60)
