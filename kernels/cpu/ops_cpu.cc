@@ -2,6 +2,8 @@
 // (the same runtime oneDNN uses here, so the two never oversubscribe the cores).
 #include "kernels/cpu/ops_cpu.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -300,6 +302,16 @@ struct KvElement<uint8_t> {
 // Skip: the element type of the head_skip flags (uint8_t from the host form, int32_t from
 // the tensor form); nullptr skips nothing. T: the cache's element (float, bf16 bits as
 // uint16_t, fp8 codes as uint8_t); k_scales/v_scales: fp8 only, one f32 per (slot, head).
+constexpr int64_t kMaxRunHeads = 64;  // query heads per KV head the loop shares reads across
+// Cached rows are 1 KB apart or more and the block table scatters them, so the loop asks
+// for the row kPrefetchRows tokens ahead itself (a hint: no effect on the results).
+constexpr int64_t kPrefetchRows = 6;
+template <typename T>
+inline void Prefetch(const T* row, int64_t d) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < d * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
+}
+
 template <typename T, typename Skip>
 void PagedAttentionImpl(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                         absl::Span<const AttentionSequence> sequences, float scale, Tensor* out,
@@ -313,67 +325,111 @@ void PagedAttentionImpl(const Tensor& q, const Tensor& k_cache, const Tensor& v_
   const T* k_base = k_cache.data<T>();
   const T* v_base = v_cache.data<T>();
 
-  // One work item per (query token, query head) of the whole ragged batch.
+  // One work item per (query token, KV head, run of that KV head's query heads) of the
+  // whole ragged batch. The query heads sharing a KV head read each cached K and V row
+  // once for all of them (a decode step's attention is a stream over the cache, and
+  // re-reading it per query head made it 4x the traffic on a 4:1 GQA model). Each query
+  // head still runs exactly its own sequence of operations, so its result is the same
+  // bit for bit whatever run it shares. The runs are as long as the thread count allows:
+  // every KV head's query heads in one item when there are enough items to go round.
   std::vector<std::pair<int32_t, int32_t>> items;  // (sequence index, query row)
   for (size_t s = 0; s < sequences.size(); ++s) {
     for (int32_t i = 0; i < sequences[s].query_len; ++i) {
       items.emplace_back(static_cast<int32_t>(s), sequences[s].query_start + i);
     }
   }
-  const int64_t work = static_cast<int64_t>(items.size()) * q_heads;
+  const int64_t threads = omp_get_max_threads();
+  int64_t run = group;  // query heads per item: a divisor of group
+  while (run > kMaxRunHeads ||
+         (run > 1 && static_cast<int64_t>(items.size()) * kv_heads * (group / run) < 2 * threads)) {
+    int64_t next = run - 1;
+    while (group % next != 0) --next;
+    run = next;
+  }
+  const int64_t runs_per_group = group / run;
+  const int64_t runs = kv_heads * runs_per_group;
+  const int64_t work = static_cast<int64_t>(items.size()) * runs;
 
 #pragma omp parallel
   {
-    std::vector<float> scores;
-    std::vector<float> acc(d);
-#pragma omp for schedule(dynamic, 4)
+    std::vector<float> scores;  // [run][visible]
+    std::vector<float> acc(run * d);
+    std::vector<float> max_score(run), denom(run);
+    std::vector<int64_t> slots;
+#pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < work; ++w) {
-      const auto [s, row] = items[w / q_heads];
-      const int64_t h = w % q_heads;
-      const int64_t g = h / group;
-      if (head_skip != nullptr && head_skip[static_cast<int64_t>(row) * q_heads + h] != 0) {
-        float* o = out->data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
-        std::fill(o, o + d, 0.f);
-        continue;
-      }
+      const auto [s, row] = items[w / runs];
+      const int64_t g = (w % runs) / runs_per_group;
+      const int64_t h0 = g * group + (w % runs_per_group) * run;
       const AttentionSequence& seq = sequences[s];
       // This query is token (context_len - query_len + i) of its sequence and sees every
       // token up to and including itself.
       const int64_t i = row - seq.query_start;
       const int64_t visible = seq.context_len - seq.query_len + i + 1;
-      const float* qv = q.data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
-      scores.resize(visible);
-      float max_score = -INFINITY;
-      for (int64_t j = 0; j < visible; ++j) {
-        const int64_t slot = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size +
-                             j % block_size;
-        const T* kv = k_base + slot * kv_row + g * d;
-        const float ks = k_scales != nullptr ? k_scales[slot * kv_heads + g] : 1.f;
-        // A SIMD reduction: a fixed lane order (the same for every batch), which the
-        // compiler may not pick by itself without -ffast-math.
-        float dot = 0.f;
+      bool skip[kMaxRunHeads];
+      bool any = false;
+      for (int64_t r = 0; r < run; ++r) {
+        skip[r] = head_skip != nullptr && head_skip[static_cast<int64_t>(row) * q_heads + h0 + r] != 0;
+        any = any || !skip[r];
+      }
+      if (any) {
+        slots.resize(visible);
+        for (int64_t j = 0; j < visible; ++j) {
+          slots[j] = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size + j % block_size;
+        }
+        scores.resize(run * visible);
+        std::fill(max_score.begin(), max_score.end(), -INFINITY);
+        for (int64_t j = 0; j < visible; ++j) {
+          const int64_t slot = slots[j];
+          const T* kv = k_base + slot * kv_row + g * d;
+          if (j + kPrefetchRows < visible) Prefetch(k_base + slots[j + kPrefetchRows] * kv_row + g * d, d);
+          const float ks = k_scales != nullptr ? k_scales[slot * kv_heads + g] : 1.f;
+          for (int64_t r = 0; r < run; ++r) {
+            if (skip[r]) continue;
+            const float* qv = q.data<float>() + (static_cast<int64_t>(row) * q_heads + h0 + r) * d;
+            // A SIMD reduction: a fixed lane order (the same for every batch), which the
+            // compiler may not pick by itself without -ffast-math.
+            float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t c = 0; c < d; ++c) dot += qv[c] * KvElement<T>::Load(kv, c, ks);
-        scores[j] = dot * scale;
-        max_score = std::max(max_score, scores[j]);
+            for (int64_t c = 0; c < d; ++c) dot += qv[c] * KvElement<T>::Load(kv, c, ks);
+            scores[r * visible + j] = dot * scale;
+            max_score[r] = std::max(max_score[r], scores[r * visible + j]);
+          }
+        }
+        for (int64_t r = 0; r < run; ++r) {
+          if (skip[r]) continue;
+          float sum = 0.f;
+          float* sc = scores.data() + r * visible;
+          for (int64_t j = 0; j < visible; ++j) {
+            sc[j] = std::exp(sc[j] - max_score[r]);
+            sum += sc[j];
+          }
+          denom[r] = sum;
+        }
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t j = 0; j < visible; ++j) {
+          const int64_t slot = slots[j];
+          const T* vv = v_base + slot * kv_row + g * d;
+          if (j + kPrefetchRows < visible) Prefetch(v_base + slots[j + kPrefetchRows] * kv_row + g * d, d);
+          const float vs = v_scales != nullptr ? v_scales[slot * kv_heads + g] : 1.f;
+          for (int64_t r = 0; r < run; ++r) {
+            if (skip[r]) continue;
+            const float p = scores[r * visible + j];
+            float* a = acc.data() + r * d;
+            for (int64_t c = 0; c < d; ++c) a[c] += p * KvElement<T>::Load(vv, c, vs);
+          }
+        }
       }
-      float denom = 0.f;
-      for (int64_t j = 0; j < visible; ++j) {
-        scores[j] = std::exp(scores[j] - max_score);
-        denom += scores[j];
+      for (int64_t r = 0; r < run; ++r) {
+        float* o = out->data<float>() + (static_cast<int64_t>(row) * q_heads + h0 + r) * d;
+        if (skip[r]) {
+          std::fill(o, o + d, 0.f);
+          continue;
+        }
+        const float inv = 1.0f / denom[r];
+        const float* a = acc.data() + r * d;
+        for (int64_t c = 0; c < d; ++c) o[c] = a[c] * inv;
       }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t j = 0; j < visible; ++j) {
-        const int64_t slot = static_cast<int64_t>(seq.block_table[j / block_size]) * block_size +
-                             j % block_size;
-        const T* vv = v_base + slot * kv_row + g * d;
-        const float vs = v_scales != nullptr ? v_scales[slot * kv_heads + g] : 1.f;
-        const float p = scores[j];
-        for (int64_t c = 0; c < d; ++c) acc[c] += p * KvElement<T>::Load(vv, c, vs);
-      }
-      float* o = out->data<float>() + (static_cast<int64_t>(row) * q_heads + h) * d;
-      const float inv = 1.0f / denom;
-      for (int64_t c = 0; c < d; ++c) o[c] = acc[c] * inv;
     }
   }
 }
