@@ -77,7 +77,8 @@
 #
 # Environment (defaults): LLAMACPP_SRC LLAMACPP_BUILD (/work/llamacpp/build) LLAMACPP_PY
 # (the sdist dir with llama_cpp/) PY (/work/llamavenv/bin/python) WORK (/work/llamacpp/work)
-# SLUICE_BUILD (build/release) THREADS (2) ROUNDS (2) LLAMA_REPS (3) WAIT_LOAD_BELOW (2)
+# SLUICE_BUILD (build/release) THREADS (2) ROUNDS (2) WIDTHS (bf16 int8 int4) LLAMA_REPS (3)
+# WAIT_LOAD_BELOW (2) DEMO_QUANTS SLUICE_WIDTHS (the quality rows, see below)
 # WAIT_MAX_S (0: do not wait) MODELS
 # ("qwen3_5_0_8b qwen3_5_moe_2b8") TOKENIZER OUT (bench/results/llamacpp_compare.md).
 set -euo pipefail
@@ -91,11 +92,18 @@ WORK=${WORK:-/work/llamacpp/work}
 SLUICE_BUILD=${SLUICE_BUILD:-$root/build/release}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-2}
+WIDTHS=${WIDTHS:-"bf16 int8 int4"}  # the speed run's widths
 LLAMA_REPS=${LLAMA_REPS:-3}
 MODELS=${MODELS:-"qwen3_5_0_8b qwen3_5_moe_2b8"}
 TOKENIZER=${TOKENIZER:-/work/shared/tokenizers/qwen3}
 OUT=${OUT:-$root/bench/results/llamacpp_compare.md}
 HELDOUT=${HELDOUT:-$root/build/demo-corpus/heldout.txt}
+# The quality run's extra llama.cpp formats: Q4_0 and Q4_1 are 4 bits everywhere (Q4_1 is
+# sluice's int4/32 format: a scale and a minimum per 32), Q5_0 is what Q4_K_M falls back to
+# on the 128-wide demo model.
+DEMO_QUANTS=${DEMO_QUANTS:-"Q4_0 Q4_1 Q5_0"}
+# sluice's quality rows: NAME=FLAGS (flags joined by '+'), each scored against bf16.
+SLUICE_WIDTHS=${SLUICE_WIDTHS:-"int8=--quantization+int8 int4/128=--quantization+int4 int4/32=--quantization+int4+--int4_group_size+32 int4/32+lm_head,delta_net_in=--quantization+int4+--int4_group_size+32+--int4_int8_parts+lm_head,delta_net_in"}
 phase=${1:-all}
 
 lbin=$LLAMACPP_BUILD/bin
@@ -126,7 +134,8 @@ wait_for_quiet() {
   (( waited == 0 )) || echo "(waited ${waited} s for the load to drop: $(load))"
 }
 
-# prepare_one NAME SRC_DIR [stage flags...]: WORK/NAME-{BF16,Q8_0,Q4_K_M}.gguf
+# prepare_one NAME SRC_DIR [stage flags...]: WORK/NAME-{BF16,Q8_0,Q4_K_M}.gguf, and the
+# EXTRA_QUANTS named in the environment (the demo model: the plain 4- and 5-bit formats).
 prepare_one() {
   local name=$1 src=$2
   shift 2
@@ -137,7 +146,7 @@ prepare_one() {
       > "$WORK/$name-convert.log" 2>&1 || { tail -20 "$WORK/$name-convert.log"; exit 1; }
     mv "$bf16.tmp" "$bf16"
   fi
-  for q in Q8_0 Q4_K_M; do
+  for q in Q8_0 Q4_K_M ${EXTRA_QUANTS:-}; do
     if [[ ! -s $WORK/$name-$q.gguf ]]; then
       nice -n 10 "$lbin/llama-quantize" "$bf16" "$WORK/$name-$q.gguf.tmp" "$q" "$THREADS" \
         > "$WORK/$name-$q-quantize.log" 2>&1 || { tail -20 "$WORK/$name-$q-quantize.log"; exit 1; }
@@ -152,7 +161,7 @@ do_prepare() {
       { echo "missing bench/synthetic/$m: python3 bench/make_synthetic.py --only $m" >&2; exit 2; }
     prepare_one "$m" "$here/synthetic/$m" --tokenizer "$TOKENIZER"
   done
-  prepare_one demo "$root/deploy/models/sluice-demo" --strip-gates
+  EXTRA_QUANTS="$DEMO_QUANTS" prepare_one demo "$root/deploy/models/sluice-demo" --strip-gates
 }
 
 meta_set() {  # meta_set KEY JSON_VALUE: one key of results/meta.json
@@ -181,57 +190,57 @@ do_quality() {
     --llamacpp-lib "$lbin" --llamacpp-py "$LLAMACPP_PY"
   meta_set heldout_tokens "$($PY -c "import json;print(len(json.load(open('$res/heldout_ids.json'))['ids']))")"
   # llama.cpp on budget_quality.cc's protocol.
-  nice -n 5 $tool quality --tokens "$res/heldout_ids.json" --ref "$WORK/demo-BF16.gguf" \
-    --model "Q8_0=$WORK/demo-Q8_0.gguf" --model "Q4_K_M=$WORK/demo-Q4_K_M.gguf" \
+  local models=(--model "Q8_0=$WORK/demo-Q8_0.gguf")
+  for q in $DEMO_QUANTS Q4_K_M; do models+=(--model "$q=$WORK/demo-$q.gguf"); done
+  nice -n 5 $tool quality --tokens "$res/heldout_ids.json" --ref "$WORK/demo-BF16.gguf" "${models[@]}" \
     --llamacpp-lib "$lbin" --llamacpp-py "$LLAMACPP_PY" --threads "$THREADS" \
     --windows 24 --window 256 --json "$res/quality_llamacpp.json"
   # llama.cpp's own tool, its own protocol, the same text.
   local ctx=256 kld=$WORK/demo-BF16.kld
   "$lbin/llama-perplexity" -m "$WORK/demo-BF16.gguf" -f "$HELDOUT" -c $ctx -t "$THREADS" \
     --kl-divergence-base "$kld" > "$res/ppl-BF16.log" 2>&1
-  for q in Q8_0 Q4_K_M; do
+  for q in Q8_0 $DEMO_QUANTS Q4_K_M; do
     "$lbin/llama-perplexity" -m "$WORK/demo-$q.gguf" -f "$HELDOUT" -c $ctx -t "$THREADS" \
       --kl-divergence-base "$kld" --kl-divergence > "$res/ppl-$q.log" 2>&1
   done
-  $PY - "$res" "$here/llamacpp_compare.py" <<'EOF'
+  $PY - "$res" "$here/llamacpp_compare.py" Q8_0 $DEMO_QUANTS Q4_K_M <<'EOF'
 import importlib.util, json, sys
-res, mod = sys.argv[1], sys.argv[2]
+res, mod, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 spec = importlib.util.spec_from_file_location("lc", mod); lc = importlib.util.module_from_spec(spec); spec.loader.exec_module(lc)
 rows = []
-for name in ("BF16", "Q8_0", "Q4_K_M"):
+for name in ["BF16"] + names:
     r = lc.parse_perplexity(f"{res}/ppl-{name}.log"); r["name"] = name; rows.append(r)
 base = lc.parse_perplexity(f"{res}/ppl-BF16.log")
 json.dump({"n_ctx": base.get("n_ctx"), "chunks": base.get("chunks"), "rows": rows}, open(f"{res}/quality_llama_perplexity.json", "w"), indent=1)
 print(json.dumps(rows))
 EOF
-  # sluice: the same staged model and windows. Dense row = sluice bf16.
+  # sluice: the same staged model and windows, each width against a second, unquantized load.
   local bq=$SLUICE_BUILD/bin/sluice-bench-budget-quality
   local common=(--model "$demo" --text "$HELDOUT" --windows 24 --window 256 --threads "$THREADS"
                 --skip_ratios= --floors= --experts=2 --skip_middle_third=false --repeats 1
                 --decode_tokens 8)
   "$bq" "${common[@]}" --json "$res/sluice-bq-none.json" > "$res/sluice-bq-none.log" 2>&1
-  local widths=none
-  if has_flag "$bq" quantization; then
-    widths="none int8 int4"
-    for w in int8 int4; do
-      "$bq" "${common[@]}" --quantization "$w" --json "$res/sluice-bq-$w.json" > "$res/sluice-bq-$w.log" 2>&1
-    done
-  fi
-  $PY - "$res" $widths <<'EOF'
-import json, sys
-res, widths = sys.argv[1], sys.argv[2:]
+  local names=(bf16) spec flags i=0
+  for spec in $SLUICE_WIDTHS; do
+    i=$((i + 1))
+    flags=${spec#*=}
+    # shellcheck disable=SC2086
+    "$bq" "${common[@]}" ${flags//+/ } --json "$res/sluice-bq-$i.json" > "$res/sluice-bq-$i.log" 2>&1
+    names+=("${spec%%=*}")
+  done
+  $PY - "$res" "${names[@]}" <<'EOF'
+import json, re, sys
+res, names = sys.argv[1], sys.argv[2:]
 rows = []
-for w in widths:
-    j = json.load(open(f"{res}/sluice-bq-{w}.json"))
+for i, name in enumerate(names):
+    path = f"{res}/sluice-bq-none.json" if i == 0 else f"{res}/sluice-bq-{i}.json"
+    j = json.load(open(path))
     d = next(r for r in j["rows"] if r["label"] == "dense" and r["mode"] == "prefill")
-    row = {"name": {"none": "bf16"}.get(w, w), "perplexity": d["perplexity"], "positions": d["positions"],
-           "weights": {"none": "bf16 (as the checkpoint)"}.get(w, f"--quantization {w}")}
-    if w == "none":
-        row.update(kl=0.0, top1_agreement=1.0)
-    else:
-        # Only KL against a bf16 reference counts; a dense row's KL against itself is 0.
-        row["kl_note"] = "n/a: needs the bf16 reference in the same run"
-    rows.append(row)
+    log = open(path[:-len(".json")] + ".log").read()
+    m = re.search(r"^weights: (.*?)(?: \(scored against.*\))?$", log, re.M)
+    rows.append({"name": name, "perplexity": d["perplexity"], "positions": d["positions"],
+                 "kl": 0.0 if i == 0 else d["kl"], "top1_agreement": 1.0 if i == 0 else d["top1_agreement"],
+                 "weights": m.group(1) if m else "bf16 (as the checkpoint)"})
 json.dump({"rows": rows}, open(f"{res}/quality_sluice.json", "w"), indent=1)
 print(json.dumps(rows))
 EOF
@@ -240,6 +249,8 @@ EOF
 
 do_speed() {
   : > "$res/speed.jsonl"
+  # A fresh run's loads only (meta.json keeps other keys, such as the quality run's).
+  $PY -c "import json,os,sys; p=sys.argv[1]; m=json.load(open(p)) if os.path.exists(p) else {}; m.pop('loads',None); json.dump(m,open(p,'w'),indent=1)" "$res/meta.json"
   meta_set runs.speed "\"$(date -u '+%Y-%m-%d %H:%M UTC') to (unfinished)\""
   local started
   started=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -253,7 +264,7 @@ do_speed() {
     for ((r = 1; r <= ROUNDS; r++)); do
       wait_for_quiet
       meta_set "loads.$m.round $r" "\"$(load)\""
-      for w in bf16 int8 int4; do
+      for w in $WIDTHS; do
         local g q
         case $w in bf16) g=BF16 q=none ;; int8) g=Q8_0 q=int8 ;; int4) g=Q4_K_M q=int4 ;; esac
         local tag=$res/$m-r$r-$w
@@ -290,8 +301,6 @@ do_table() {
     echo "- llama.cpp: commit $(sed -n 's/.*LLAMA_COMMIT = "\([^"]*\)".*/\1/p' "$LLAMACPP_BUILD/common/build-info.cpp" 2>/dev/null) (vendored in llama-cpp-python 0.3.36), Release, GGML_NATIVE (-march=native), OpenMP, shared libraries, $(gcc --version | head -1)"
     echo "- sluice: binaries of ${SLUICE_REV:-$(git -C "$root" rev-parse --short HEAD)} from $SLUICE_BUILD"
   } > "$machine"
-  local bq_quant="has no \`--quantization\`, so sluice's int8/int4 quality rows are missing"
-  has_flag "$SLUICE_BUILD/bin/sluice-bench-budget-quality" quantization && bq_quant="has \`--quantization\`"
   cat > "$res/notes.md" <<EOF
 ## Notes
 
@@ -307,6 +316,11 @@ do_table() {
   "routed experts bfloat16", sluice's int8/int4 rows still read the MoE's routed experts in
   bf16 (the grouped-experts op had no quantized body in that build): only attention,
   DeltaNet, the shared expert, the embedding and the LM head are quantized.
+- **Widths on the demo model.** Q4_0 (4.5 bits a weight) and Q4_1 (5.0: a scale and a
+  minimum per 32, sluice's int4/32 layout) are 4 bits in every matrix; llama.cpp keeps the
+  tied embedding/LM head at Q8_0, the Gated DeltaNet's fused qkv at Q8_0 and the router in
+  f32 in all of them. Q4_K_M on this model is mostly Q5_0. sluice's int4/32 with
+  \`--int4_int8_parts lm_head,delta_net_in\` is the same mix as Q4_1's.
 - **The demo model without its gates.** GateSkip's residual gates are part of the demo
   model's dense math (tests/data/models/GATESKIP.md), and llama.cpp has no such op, so both
   engines run a copy without the 32 \`residual_gate\` tensors. That is a different (worse)
@@ -314,11 +328,9 @@ do_table() {
   deploy/models/sluice-demo/MODEL_CARD.md), but the same one on both sides. sluice bf16
   and llama.cpp BF16 give the same perplexity on the same windows to a few parts in 10^4, which
   checks the tokens and the protocol.
-- **sluice's quantized quality.** \`sluice-bench-budget-quality\` at this build $bq_quant.
-  What it needs: \`--quantization none|int8|int4\` (and \`--quantize_embeddings\`, as
-  sluice-bench-model has), with the dense bf16 reference loaded a second time without
-  quantization, so that KL and top-1 are measured against bf16. Today the dense row is the
-  reference, and a quantized load would compare the quantized model with itself.
+- **sluice's quantized quality.** \`sluice-bench-budget-quality --quantization ...\` scores
+  each width against a second, unquantized load of the same model, so KL and top-1 are
+  against sluice's own bf16, as llama.cpp's rows are against its BF16 GGUF.
 - **Timing differences.** llama-bench does one warm-up run and averages its repetitions.
   sluice-bench-model times the first prefill of a fresh process (no warm-up) and the mean
   of its decode steps. Its bandwidth fraction counts the bytes one decode step reads (the
