@@ -107,8 +107,11 @@ absl::StatusOr<std::unique_ptr<GroupedExperts>> GroupedExperts::Create(absl::Spa
   const int64_t hidden = g0.dim(1);
   for (size_t e = 0; e < gate_up.size(); ++e) {
     for (const Tensor* t : {&gate_up[e], &down[e]}) {
-      if (!t->defined() || t->dtype() == DType::kI32 || t->dtype() == DType::kI64) {
-        return Invalid(kOp, absl::StrCat("expert ", e, ": weights must be f32, bf16 or f16"));
+      if (!t->defined() || (t->dtype() != DType::kF32 && t->dtype() != DType::kBF16 &&
+                            t->dtype() != DType::kF16 && t->dtype() != DType::kWeightRowRefs)) {
+        return Invalid(kOp, absl::StrCat("expert ", e,
+                                         ": weights must be f32, bf16, f16 or a pre-quantized checkpoint's "
+                                         "row references"));
       }
       if (t->device() != Device::kCpu) {
         return absl::UnimplementedError(absl::StrCat(kOp, ": packing a weight from a ", DeviceName(t->device()),

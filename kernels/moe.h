@@ -51,11 +51,20 @@ absl::StatusOr<std::vector<uint64_t>> ReadExpertTokenCounter(const Tensor& exper
 // symmetric per output channel; cpu/gemm_int4_cpu.h: group-wise, group_size 32, 64 or
 // 128), and every output is then bit for bit the per-expert loop over those Linears.
 // Every row's result is independent of the batch it shares, in every format.
+//
+// Pre-quantized checkpoint experts (FP8 block-scaled or GPTQ int4: kWeightRowRefs
+// weights, prequantized_weight.h) get one Linear per expert gate_up and down, packed as
+// stored by Linear::Create with options.quantization kNone, and run one after another
+// inside the op: the output is bit for bit the per-expert loop over those Linears.
+// Experts may mix formats (some FP8, some plain bf16); an expert whose weight a Linear
+// refuses fails Create with the Linear's code and the expert's number. Re-quantizing
+// such experts (options int8/int4) is FAILED_PRECONDITION.
 class GroupedExperts {
  public:
-  // gate_up[e]: [2I, H] (gate rows, then up rows); down[e]: [H, I]; f32, bf16 or f16,
-  // one shape for every expert. The packed copies live on `device`. Quantized with
-  // `options` (LinearOptions{}: the checkpoint's own format, as a Linear keeps it).
+  // gate_up[e]: [2I, H] (gate rows, then up rows); down[e]: [H, I]; f32, bf16, f16 or
+  // kWeightRowRefs, one shape for every expert. The packed copies live on `device`.
+  // Quantized with `options` (LinearOptions{}: the checkpoint's own format, as a Linear
+  // keeps it).
   static absl::StatusOr<std::unique_ptr<GroupedExperts>> Create(absl::Span<const Tensor> gate_up,
                                                                 absl::Span<const Tensor> down, Device device,
                                                                 const LinearOptions& options);
@@ -79,7 +88,8 @@ class GroupedExperts {
   // How the experts are stored (kNone: the checkpoint's format, bf16 or f32).
   WeightQuantization quantization() const { return quantization_; }
   // Packed weight bytes of one expert (gate, up and down), what a token routed to it reads
-  // (quantized formats: values, scales and panel padding).
+  // (quantized formats: values, scales and panel padding; pre-quantized experts whose
+  // formats differ: the mean over the experts).
   size_t ExpertWeightBytes() const { return expert_weight_bytes_; }
   // Multiply-adds ×2 of one expert for one token.
   double ExpertFlopsPerToken() const { return 2.0 * 3.0 * hidden_ * intermediate_; }

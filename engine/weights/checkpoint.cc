@@ -258,7 +258,9 @@ absl::StatusOr<kernels::Tensor> Checkpoint::GetQuantized(const std::string& name
     if (Stored(name + "_scale_inv")) {
       return absl::UnimplementedError(absl::StrCat(
           "tensor '", name,
-          "': pre-quantized fused experts are not supported yet (only plain experts)"));
+          "': pre-quantized fused 3-D experts (experts.gate_up_proj / experts.down_proj with "
+          "_scale_inv) are not supported yet; only per-expert tensors "
+          "(experts.N.gate_proj/up_proj/down_proj.weight) load pre-quantized"));
     }
     return GetStored(name);
   }
@@ -269,12 +271,6 @@ absl::StatusOr<kernels::Tensor> Checkpoint::GetQuantized(const std::string& name
       quantization_.method == Method::kGptqInt4 && Stored(module + std::string(kQweight));
   std::shared_ptr<kernels::PrequantizedWeight> weight;
   if (fp8 || gptq) {
-    if (name.find(".experts.") != std::string::npos) {
-      return absl::UnimplementedError(
-          absl::StrCat("tensor '", name, "': pre-quantized (", quantization_.quant_method,
-                       ") routed experts are not supported yet: the grouped-experts op takes only "
-                       "plain expert weights"));
-    }
     if (gptq && Stored(name)) {
       return absl::InvalidArgumentError(
           absl::StrCat("checkpoint holds both '", name, "' and '", module,

@@ -12,8 +12,9 @@
 // keeps the referenced weights alive while it is open.
 // Refused with an error naming the tensor: quantized tensors under a checkpoint that
 // declares no quantization (or the other method), a declared method with no tensor in
-// its format, an FP8 weight without its scales, and pre-quantized routed experts
-// (".experts." tensors: the grouped-experts op takes only plain weights so far).
+// its format, an FP8 weight without its scales, and pre-quantized fused 3-D experts
+// (experts.gate_up_proj with _scale_inv). Per-expert routed weights (experts.N.*_proj)
+// are handed out like any projection; GroupedExperts runs them through their Linears.
 #ifndef SLUICE_ENGINE_WEIGHTS_CHECKPOINT_H_
 #define SLUICE_ENGINE_WEIGHTS_CHECKPOINT_H_
 

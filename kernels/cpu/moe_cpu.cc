@@ -18,6 +18,9 @@
 // Experts quantized at load (int8, int4) run the same four loops over the int8 and int4
 // GEMMs' panel kernels (QuantizedGroupedExperts), bit for bit the per-expert loop over
 // quantized Linears.
+//
+// f32 experts and a pre-quantized checkpoint's FP8 / GPTQ experts (LinearGroupedExperts)
+// run the per-expert loop over their own Linears inside the op.
 #include <omp.h>
 
 #include <algorithm>
@@ -489,15 +492,28 @@ class QuantizedGroupedExperts final : public GroupedExperts {
   std::vector<PackedInt4Weight> gate_up4_, down4_;  // int4: the same shapes
 };
 
-// Other weight dtypes (f32 through oneDNN): the per-expert loop, with its buffers kept.
+// Other weight dtypes (f32 through oneDNN), and pre-quantized checkpoint experts (FP8,
+// GPTQ row references: each expert's Linear is the FP8 / GPTQ body, cpu/prequantized_
+// linear_cpu.cc, plain bf16 rows of an expert kept out of the conversion included): the
+// per-expert loop, with its buffers kept. Experts may differ in format (some FP8, some
+// bf16, as modules_to_not_convert can make them); each runs its own Linear.
 class LinearGroupedExperts final : public GroupedExperts {
  public:
   LinearGroupedExperts(std::vector<std::unique_ptr<Linear>> gate_up, std::vector<std::unique_ptr<Linear>> down,
                        int64_t hidden, int64_t inter)
       : GroupedExperts(static_cast<int64_t>(gate_up.size()), hidden, inter, Device::kCpu,
-                       gate_up[0]->weight_bytes() + down[0]->weight_bytes()),
+                       MeanExpertBytes(gate_up, down)),
         gate_up_(std::move(gate_up)),
         down_(std::move(down)) {}
+
+  // The packed bytes of one expert, averaged over the experts (they are all equal unless
+  // the checkpoint mixes formats across experts).
+  static size_t MeanExpertBytes(const std::vector<std::unique_ptr<Linear>>& gate_up,
+                                const std::vector<std::unique_ptr<Linear>>& down) {
+    size_t total = 0;
+    for (size_t e = 0; e < gate_up.size(); ++e) total += gate_up[e]->weight_bytes() + down[e]->weight_bytes();
+    return (total + gate_up.size() / 2) / gate_up.size();
+  }
 
  protected:
   absl::Status Run(const Tensor& x, const Tensor& expert_offsets, const Tensor& sorted_rows,
@@ -616,6 +632,14 @@ absl::StatusOr<std::vector<uint64_t>> ReadExpertTokenCounterBody<Device::kCpu>(c
   return counts;
 }
 
+namespace {
+// A Linear's refusal, with the expert it was for (same code).
+absl::Status ExpertError(size_t expert, absl::string_view which, const absl::Status& status) {
+  return absl::Status(status.code(),
+                      absl::StrCat("GroupedExperts: expert ", expert, " ", which, ": ", status.message()));
+}
+}  // namespace
+
 template <>
 absl::StatusOr<std::unique_ptr<GroupedExperts>> CreateGroupedExpertsBody<Device::kCpu>(
     absl::Span<const Tensor> gate_up, absl::Span<const Tensor> down, const LinearOptions& options) {
@@ -634,10 +658,11 @@ absl::StatusOr<std::unique_ptr<GroupedExperts>> CreateGroupedExpertsBody<Device:
   }
   std::vector<std::unique_ptr<Linear>> gu, dn;
   for (size_t e = 0; e < gate_up.size(); ++e) {
+    // Pre-quantized experts (kWeightRowRefs) are packed as stored by the FP8 / GPTQ bodies.
     auto g = Linear::Create(gate_up[e], Device::kCpu, options);
-    if (!g.ok()) return g.status();
+    if (!g.ok()) return ExpertError(e, "gate_up", g.status());
     auto d = Linear::Create(down[e], Device::kCpu, options);
-    if (!d.ok()) return d.status();
+    if (!d.ok()) return ExpertError(e, "down", d.status());
     gu.push_back(*std::move(g));
     dn.push_back(*std::move(d));
   }

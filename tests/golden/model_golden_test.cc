@@ -170,7 +170,9 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ModelGoldenTest,
                                            // weights, which sluice multiplies exactly in f32.
                                            Case{"qwen3_fp8", 1e-4f}, Case{"qwen3_5_fp8", 1e-4f},
                                            Case{"qwen3_gptq", 1e-4f},
-                                           Case{"qwen3_gptq_act_order", 1e-4f}),
+                                           Case{"qwen3_gptq_act_order", 1e-4f},
+                                           // ... with the routed experts pre-quantized too.
+                                           Case{"qwen3_moe_fp8", 1e-4f}, Case{"qwen3_moe_gptq", 1e-4f}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

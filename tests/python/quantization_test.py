@@ -99,7 +99,8 @@ class QuantizationTest(unittest.TestCase):
         # FP8 (block scales) and GPTQ (act-order) fixtures, as published: GetModelInfo names
         # the format, and greedy decoding reproduces transformers' greedy continuation of
         # the dequantized weights (tests/fixtures/make_prequantized_fixtures.py).
-        for name, prefix in (("qwen3_fp8", "fp8_block128"), ("qwen3_gptq_act_order", "gptq_int4_g64_act_order")):
+        for name, prefix in (("qwen3_fp8", "fp8_block128"), ("qwen3_gptq_act_order", "gptq_int4_g64_act_order"),
+                             ("qwen3_moe_fp8", "fp8_block128"), ("qwen3_moe_gptq", "gptq_int4_g32")):
             model_dir = os.path.join(tl.TEST_DATA_DIR, "models", name)
             with open(os.path.join(model_dir, "golden.json")) as f:
                 golden = json.load(f)

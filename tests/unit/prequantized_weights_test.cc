@@ -4,7 +4,8 @@
 // ConcatRows and row permutations, the fixture checkpoints (tests/fixtures/
 // make_prequantized_fixtures.py) against transformers' logits of their dequantized
 // weights, and every refusal: unsupported methods and parameters, mislabelled tensors,
-// quantized experts, --quantization on a quantized checkpoint.
+// fused 3-D quantized experts, --quantization on a quantized checkpoint; and routed
+// experts in those formats (GroupedExperts) against the per-expert loop.
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 #include "kernels/cpu/gemm_fp8_cpu.h"
 #include "kernels/cpu/gemm_gptq_cpu.h"
 #include "kernels/fp8.h"
+#include "kernels/moe.h"
 #include "kernels/ops.h"
 #include "kernels/prequantized_weight.h"
 #include "tests/golden/fixture.h"
@@ -558,6 +560,165 @@ TEST(PrequantizedLinearTest, RefusesRequantizationAndReleasedWeights) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Routed experts in a pre-quantized checkpoint's formats (GroupedExperts over row references).
+
+// Row references to a weight (kept alive by `keep`).
+Tensor Refs(std::shared_ptr<PrequantizedWeight> w, std::vector<std::shared_ptr<PrequantizedWeight>>* keep) {
+  keep->push_back(w);
+  auto refs = kernels::MakeWeightRowRefs(w);
+  EXPECT_TRUE(refs.ok()) << refs.status();
+  return *refs;
+}
+
+std::shared_ptr<PrequantizedWeight> DenseWeight(const std::string& name, int64_t n, int64_t k, uint32_t seed) {
+  auto w = std::make_shared<PrequantizedWeight>();
+  w->format = PrequantizedWeight::Format::kDense;
+  w->name = name;
+  w->rows = n;
+  w->cols = k;
+  std::vector<uint16_t> b(n * k);
+  const std::vector<float> f = RandomVector(n * k, seed, 0.05f);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = kernels::F32ToBf16(f[i]);
+  w->dense = HostTensor(b, {n, k}, DType::kBF16);
+  return w;
+}
+
+// What MoeFeedForward ran per expert before GroupedExperts: gather, the expert's two
+// Linears, SiluMul, ScaledScatterAdd, experts ascending.
+Tensor PerExpertLoop(int64_t tokens, int64_t hidden, int64_t inter, int64_t k,
+                     const std::vector<std::unique_ptr<Linear>>& gate_up,
+                     const std::vector<std::unique_ptr<Linear>>& down, const Tensor& x,
+                     const Tensor& chosen, const Tensor& weights) {
+  Tensor out = *Tensor::Zeros({tokens, hidden}, DType::kF32);
+  for (size_t e = 0; e < gate_up.size(); ++e) {
+    std::vector<int32_t> rows;
+    std::vector<float> scales;
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t i = 0; i < k; ++i) {
+        if (chosen.data<int32_t>()[t * k + i] != static_cast<int32_t>(e)) continue;
+        rows.push_back(static_cast<int32_t>(t));
+        scales.push_back(weights.data<float>()[t * k + i]);
+      }
+    }
+    const int64_t n = static_cast<int64_t>(rows.size());
+    if (n == 0) continue;
+    Tensor row_ids = HostTensor(rows, {n}, DType::kI32);
+    Tensor row_scale = HostTensor(scales, {n}, DType::kF32);
+    Tensor xe = *Tensor::Empty({n, hidden}, DType::kF32);
+    EXPECT_TRUE(kernels::GatherRows(x, row_ids, &xe).ok());
+    Tensor gu = *Tensor::Empty({n, 2 * inter}, DType::kF32);
+    EXPECT_TRUE(gate_up[e]->Forward(xe, &gu).ok());
+    Tensor act = *Tensor::Empty({n, inter}, DType::kF32);
+    EXPECT_TRUE(kernels::SiluMul(gu, &act).ok());
+    Tensor ye = *Tensor::Empty({n, hidden}, DType::kF32);
+    EXPECT_TRUE(down[e]->Forward(act, &ye).ok());
+    EXPECT_TRUE(kernels::ScaledScatterAdd(ye, row_ids, row_scale, &out).ok());
+  }
+  return out;
+}
+
+// Routes `tokens` rows of `logits` (top-k, renormalized) and runs `experts` on them.
+Tensor RunGrouped(kernels::GroupedExperts& experts, const Tensor& x, const Tensor& logits, int64_t k,
+                  Tensor* chosen_out = nullptr, Tensor* weights_out = nullptr) {
+  const int64_t tokens = x.dim(0), e = experts.num_experts();
+  Tensor chosen = *Tensor::Empty({tokens, k}, DType::kI32);
+  Tensor weights = *Tensor::Empty({tokens, k}, DType::kF32);
+  EXPECT_TRUE(kernels::RouteTopK(logits, k, true, &chosen, &weights).ok());
+  Tensor offsets = *Tensor::Empty({e + 1}, DType::kI32);
+  Tensor rows = *Tensor::Empty({tokens * k}, DType::kI32);
+  Tensor sorted = *Tensor::Empty({tokens * k}, DType::kF32);
+  EXPECT_TRUE(kernels::AlignRowsByExpert(chosen, weights, &offsets, &rows, &sorted).ok());
+  Tensor out = *Tensor::Empty({tokens, experts.hidden()}, DType::kF32);
+  const absl::Status status = experts.Forward(x, offsets, rows, sorted, &out);
+  EXPECT_TRUE(status.ok()) << status;
+  if (chosen_out != nullptr) *chosen_out = chosen;
+  if (weights_out != nullptr) *weights_out = weights;
+  return out;
+}
+
+TEST(PrequantizedGroupedExpertsTest, Fp8ExpertsAreThePerExpertLoopBitForBitAndBatchInvariant) {
+  // H = 160 (a partial second K block of scales), I = 48; expert 1 stacks an FP8 gate
+  // with a bf16 up (modules_to_not_convert inside an expert), expert 3 is all plain bf16
+  // tensors (a whole expert kept out of the conversion).
+  const int64_t experts = 5, hidden = 160, inter = 48, k = 2, tokens = 13;
+  std::vector<std::shared_ptr<PrequantizedWeight>> keep;
+  std::vector<Tensor> gate_up, down;
+  for (int64_t e = 0; e < experts; ++e) {
+    const uint32_t seed = 40 + 10 * static_cast<uint32_t>(e);
+    if (e == 3) {
+      auto g = DenseWeight("e3.gate_up", 2 * inter, hidden, seed);
+      auto d = DenseWeight("e3.down", hidden, inter, seed + 1);
+      gate_up.push_back(g->dense);
+      down.push_back(d->dense);
+      continue;
+    }
+    Tensor gate = Refs(Fp8Weight(absl::StrCat("e", e, ".gate"), inter, hidden, seed), &keep);
+    Tensor up = e == 1 ? Refs(DenseWeight("e1.up", inter, hidden, seed + 1), &keep)
+                       : Refs(Fp8Weight(absl::StrCat("e", e, ".up"), inter, hidden, seed + 1,
+                                        e % 2 == 0 ? DType::kBF16 : DType::kF32),
+                              &keep);
+    auto gu = kernels::ConcatRows({gate, up});
+    ASSERT_TRUE(gu.ok()) << gu.status();
+    EXPECT_EQ(gu->dtype(), DType::kWeightRowRefs);
+    gate_up.push_back(*gu);
+    down.push_back(Refs(Fp8Weight(absl::StrCat("e", e, ".down"), hidden, inter, seed + 2), &keep));
+  }
+  std::vector<std::unique_ptr<Linear>> gu_linear, down_linear;
+  size_t total_bytes = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    gu_linear.push_back(*Linear::Create(gate_up[e], kernels::Device::kCpu, kernels::LinearOptions{}));
+    down_linear.push_back(*Linear::Create(down[e], kernels::Device::kCpu, kernels::LinearOptions{}));
+    total_bytes += gu_linear[e]->weight_bytes() + down_linear[e]->weight_bytes();
+  }
+  auto grouped = kernels::GroupedExperts::Create(gate_up, down, kernels::Device::kCpu, kernels::LinearOptions{});
+  ASSERT_TRUE(grouped.ok()) << grouped.status();
+  EXPECT_EQ((*grouped)->quantization(), kernels::WeightQuantization::kNone);  // as the checkpoint has it
+  // The packed bytes, not 2 bytes a weight: FP8 codes, a 4-byte scale per row and 128
+  // inputs (rows padded to 32), the bf16 parts at 2 bytes; mixed experts: the mean.
+  EXPECT_EQ((*grouped)->ExpertWeightBytes(), (total_bytes + experts / 2) / experts);
+  const size_t fp8_expert = 96 * hidden + 96 * 2 * 4 + 160 * inter + 160 * 4;  // expert 0
+  EXPECT_EQ(gu_linear[0]->weight_bytes() + down_linear[0]->weight_bytes(), fp8_expert);
+
+  const Tensor x = HostTensor(RandomVector(tokens * hidden, 5), {tokens, hidden}, DType::kF32);
+  const Tensor logits = HostTensor(RandomVector(tokens * experts, 6, 3.f), {tokens, experts}, DType::kF32);
+  Tensor chosen, weights;
+  const Tensor out = RunGrouped(**grouped, x, logits, k, &chosen, &weights);
+  const Tensor again = RunGrouped(**grouped, x, logits, k);  // on the grown workspace
+  const Tensor ref = PerExpertLoop(tokens, hidden, inter, k, gu_linear, down_linear, x, chosen, weights);
+  std::vector<int> used(experts, 0);
+  for (int64_t i = 0; i < tokens * k; ++i) used[chosen.data<int32_t>()[i]] = 1;
+  EXPECT_EQ(std::count(used.begin(), used.end(), 1), experts) << "every expert, FP8 and bf16, is exercised";
+  EXPECT_EQ(0, std::memcmp(out.raw(), ref.raw(), out.bytes())) << "grouped FP8 experts vs the per-expert loop";
+  EXPECT_EQ(0, std::memcmp(out.raw(), again.raw(), out.bytes()));
+  double norm = 0;
+  for (int64_t i = 0; i < out.numel(); ++i) norm += std::fabs(out.data<float>()[i]);
+  EXPECT_GT(norm, 0);
+  // Batch invariance: each row alone gives the bits it has in the batch of 13.
+  for (int64_t t = 0; t < tokens; ++t) {
+    const Tensor alone = RunGrouped(**grouped, x.Rows(t, 1), logits.Rows(t, 1), k);
+    EXPECT_EQ(0, std::memcmp(alone.raw(), out.data<float>() + t * hidden, hidden * sizeof(float)))
+        << "row " << t;
+  }
+
+  // Re-quantizing pre-quantized experts is refused, naming the dtype.
+  for (auto q : {kernels::WeightQuantization::kInt8, kernels::WeightQuantization::kInt4}) {
+    kernels::LinearOptions options;
+    options.quantization = q;
+    auto requantized = kernels::GroupedExperts::Create(gate_up, down, kernels::Device::kCpu, options);
+    EXPECT_EQ(requantized.status().code(), absl::StatusCode::kFailedPrecondition) << requantized.status();
+  }
+  // An expert whose weight cannot be packed fails Create with its number.
+  auto released = Fp8Weight("released.down", hidden, inter, 99);
+  std::vector<Tensor> bad_down = down;
+  bad_down[4] = *kernels::MakeWeightRowRefs(released);
+  released.reset();
+  auto bad = kernels::GroupedExperts::Create(gate_up, bad_down, kernels::Device::kCpu, kernels::LinearOptions{});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(bad.status().message().find("expert 4 down"), std::string::npos) << bad.status();
+}
+
+// ---------------------------------------------------------------------------------------
 // Configs.
 
 std::string ReadFile(const std::string& path) {
@@ -763,7 +924,7 @@ TEST(PrequantizedCheckpointTest, MislabelledCheckpointsAreNeverReadAsAnotherForm
   }
 }
 
-TEST(PrequantizedCheckpointTest, FP8WeightsNeedTheirScalesAndQuantizedExpertsAreRefused) {
+TEST(PrequantizedCheckpointTest, FP8WeightsNeedTheirScalesAndFusedQuantizedExpertsAreRefused) {
   const std::string dir =
       (fs::temp_directory_path() / absl::StrCat("sluice_prequant_experts_", ::getpid())).string();
   fs::remove_all(dir);
@@ -778,12 +939,23 @@ TEST(PrequantizedCheckpointTest, FP8WeightsNeedTheirScalesAndQuantizedExpertsAre
        {"model.layers.0.mlp.experts.0.gate_proj.weight_scale_inv", "F32", {1, 1}, scale},
        {"model.layers.0.self_attn.q_proj.weight", "F8_E4M3", {32, 64}, codes},
        {"model.layers.0.self_attn.q_proj.weight_scale_inv", "F32", {1, 1}, scale},
-       {"model.layers.0.self_attn.k_proj.weight", "F8_E4M3", {32, 64}, codes}});
+       {"model.layers.0.self_attn.k_proj.weight", "F8_E4M3", {32, 64}, codes},
+       // transformers >= 5's fused 3-D experts, FP8 with their scales.
+       {"model.layers.1.mlp.experts.gate_up_proj", "F8_E4M3", {1, 32, 64}, codes},
+       {"model.layers.1.mlp.experts.gate_up_proj_scale_inv", "F32", {1, 1, 1}, scale}});
   auto ckpt = engine::Checkpoint::Open(dir);
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  auto expert = (*ckpt)->Get("model.layers.0.mlp.experts.0.gate_proj.weight");
-  EXPECT_EQ(expert.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(expert.status().message().find("routed experts"), std::string::npos) << expert.status();
+  // A per-expert projection is handed out like any other (GroupedExperts packs it).
+  auto expert = (*ckpt)->Get("model.layers.0.mlp.experts.0.gate_proj.weight", {32, 64});
+  ASSERT_TRUE(expert.ok()) << expert.status();
+  EXPECT_EQ(expert->dtype(), DType::kWeightRowRefs);
+  // The fused 3-D layout stays UNIMPLEMENTED, and says what does load.
+  auto fused = (*ckpt)->Get("model.layers.1.mlp.experts.gate_up_proj");
+  EXPECT_EQ(fused.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(fused.status().message().find("pre-quantized fused 3-D experts"), std::string::npos)
+      << fused.status();
+  EXPECT_NE(fused.status().message().find("experts.N.gate_proj/up_proj/down_proj.weight"), std::string::npos)
+      << fused.status();
   auto q = (*ckpt)->Get("model.layers.0.self_attn.q_proj.weight", {32, 64});
   ASSERT_TRUE(q.ok()) << q.status();
   EXPECT_EQ(q->dtype(), DType::kWeightRowRefs);
@@ -901,7 +1073,12 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, PrequantizedModelTest,
                                            FixtureCase{"qwen3_5_fp8", "fp8_block128", 1.0, 1.2},
                                            FixtureCase{"qwen3_gptq", "gptq_int4_g64", 0.5, 0.65},
                                            FixtureCase{"qwen3_gptq_act_order",
-                                                       "gptq_int4_g64_act_order", 0.5, 0.7}),
+                                                       "gptq_int4_g64_act_order", 0.5, 0.7},
+                                           // Routed experts pre-quantized (two of them partly or
+                                           // wholly bf16 in the FP8 one; routers bf16). Down's
+                                           // K = 32 costs FP8 a 4-byte scale per 32 weights.
+                                           FixtureCase{"qwen3_moe_fp8", "fp8_block128", 1.0, 1.3},
+                                           FixtureCase{"qwen3_moe_gptq", "gptq_int4_g32", 0.5, 0.8}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
