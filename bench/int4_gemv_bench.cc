@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bench/bandwidth.h"
+#include "bench/call_timing.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
 #include "kernels/cpu/gemm_int4_cpu.h"
 #include "kernels/tensor.h"
@@ -37,22 +38,8 @@ using sluice::kernels::cpu::Int4Kernel;
 using sluice::kernels::cpu::PackedBf16Weight;
 using sluice::kernels::cpu::PackedInt4Weight;
 
-// Seconds of one call of fn(copy) over reps calls, cycling through copies: the best
-// call (what the kernel does when no other process takes its cores) and the median.
-struct Timing {
-  double best, median;
-};
-Timing TimeCalls(int reps, int copies, const std::function<void(int)>& fn) {
-  for (int i = 0; i < std::min(copies, 3); ++i) fn(i);  // warm up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn(r % copies);
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return {t.front(), t[t.size() / 2]};
-}
+using sluice::bench::TimeCalls;
+using sluice::bench::Timing;
 
 void Report(const char* shape, const char* mode, const std::string& kernel, int64_t m, size_t bytes,
             Timing t, Timing bf16) {

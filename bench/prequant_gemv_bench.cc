@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "bench/bandwidth.h"
+#include "bench/call_timing.h"
 #include "kernels/cpu/gemm_bf16_cpu.h"
 #include "kernels/cpu/gemm_fp8_cpu.h"
 #include "kernels/cpu/gemm_gptq_cpu.h"
@@ -29,20 +30,8 @@ namespace {
 using namespace sluice::kernels::cpu;  // NOLINT: a benchmark of this namespace's kernels
 using sluice::kernels::F32ToBf16;
 
-struct Timing {
-  double best, median;
-};
-Timing TimeCalls(int reps, int copies, const std::function<void(int)>& fn) {
-  for (int i = 0; i < std::min(copies, 3); ++i) fn(i);  // warm up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn(r % copies);
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return {t.front(), t[t.size() / 2]};
-}
+using sluice::bench::TimeCalls;
+using sluice::bench::Timing;
 
 void Report(const char* shape, const std::string& kernel, int64_t m, size_t bytes, Timing t,
             Timing bf16) {
